@@ -1,0 +1,165 @@
+//! Group commit for `POST /enqueue`.
+//!
+//! Handlers hand validated tasks to a few batch loops. Each loop takes whatever requests are
+//! waiting (up to a batch size), inserts them in one statement (one commit, one fsync), publishes
+//! the new ones with pipelined confirms, marks the confirmed ones published and only then answers
+//! every request. No 202 is sent before its row is committed; a broker failure leaves rows
+//! unpublished for the relay and still answers 202.
+
+use bgagent_shared::broker::Publisher;
+use bgagent_shared::db;
+use bgagent_shared::db::tasks::Inserted;
+use bgagent_shared::domain::NewTask;
+use chrono::Utc;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+
+/// Most requests one loop puts in one statement.
+const MAX_BATCH: usize = 512;
+/// Requests waiting for a loop; beyond this handlers wait (back-pressure).
+const QUEUE_DEPTH: usize = 8192;
+
+struct Job {
+    task: NewTask,
+    reply: oneshot::Sender<ApiResult<Inserted>>,
+}
+
+/// Handle to the batch loops; cheap to clone.
+#[derive(Clone)]
+pub struct Enqueuer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Enqueuer {
+    /// Start `loops` batch loops. They end once every handle is dropped and the queue drained.
+    pub fn start(
+        db: PgPool,
+        publisher: Publisher,
+        metrics: Arc<Metrics>,
+        loops: usize,
+    ) -> (Self, JoinSet<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut set = JoinSet::new();
+        for _ in 0..loops.max(1) {
+            let pipeline = Pipeline {
+                db: db.clone(),
+                publisher: publisher.clone(),
+                metrics: metrics.clone(),
+            };
+            set.spawn(pipeline.run(rx.clone()));
+        }
+        (Self { tx }, set)
+    }
+
+    /// Insert (and publish) one task; resolves once its row is committed.
+    pub async fn enqueue(&self, task: NewTask) -> ApiResult<Inserted> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { task, reply })
+            .await
+            .map_err(|_| ApiError::Unavailable("enqueue pipeline"))?;
+        answer
+            .await
+            .map_err(|_| ApiError::Internal("enqueue pipeline dropped the request".into()))?
+    }
+}
+
+struct Pipeline {
+    db: PgPool,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            {
+                // Whoever holds the receiver collects the waiting requests; the others are busy
+                // committing or publishing theirs, so batches grow exactly when the database is
+                // the bottleneck.
+                let mut rx = rx.lock().await;
+                if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                    return;
+                }
+            }
+            let size = batch.len();
+            self.process(std::mem::take(&mut batch))
+                .instrument(tracing::debug_span!("enqueue_batch", size))
+                .await;
+        }
+    }
+
+    async fn process(&self, jobs: Vec<Job>) {
+        let tasks: Vec<NewTask> = jobs.iter().map(|j| j.task.clone()).collect();
+        let mut inserted = match db::tasks::insert_batch(&self.db, &tasks).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let err = ApiError::from(e);
+                for job in jobs {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        let now = Utc::now();
+        let due: Vec<uuid::Uuid> = inserted
+            .iter()
+            .filter(|i| i.created && i.task.run_at <= now)
+            .map(|i| i.task.id)
+            .collect();
+        for row in inserted.iter().filter(|i| i.created) {
+            self.metrics
+                .tasks_enqueued
+                .with_label_values(&[row.task.agent.as_str()])
+                .inc();
+        }
+        if !due.is_empty() {
+            self.publish(&due, &mut inserted).await;
+        }
+        for (job, row) in jobs.into_iter().zip(inserted) {
+            tracing::debug!(task_id = %row.task.id, agent = %row.task.agent, created = row.created, "enqueued");
+            let _ = job.reply.send(Ok(row));
+        }
+    }
+
+    async fn publish(&self, due: &[uuid::Uuid], inserted: &mut [Inserted]) {
+        let confirmed = match self.publisher.publish_tasks(due).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, tasks = due.len(), "publish failed; the relay will publish these tasks");
+                Vec::new()
+            }
+        };
+        let missed = due.len() - confirmed.len();
+        if missed > 0 {
+            self.metrics
+                .publish_failures
+                .with_label_values(&["unconfirmed"])
+                .inc_by(missed as u64);
+        }
+        if confirmed.is_empty() {
+            return;
+        }
+        // If this update fails the rows look unpublished and the relay publishes them again:
+        // a duplicate message, which the worker's claim turns into a no-op.
+        if let Err(e) = db::tasks::mark_published(&self.db, &confirmed).await {
+            tracing::warn!(error = %e, "cannot mark tasks published");
+            return;
+        }
+        let now = Utc::now();
+        let confirmed: std::collections::HashSet<_> = confirmed.into_iter().collect();
+        for row in inserted.iter_mut() {
+            if row.created && confirmed.contains(&row.task.id) {
+                row.task.published_at = Some(now);
+            }
+        }
+    }
+}

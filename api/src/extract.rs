@@ -1,0 +1,142 @@
+//! Extractors and middleware that keep every error in the API's JSON shape.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header carrying the API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// JSON body extractor: syntax errors (and bad UTF-8, empty bodies) are 400, wrong types, missing
+/// and unknown fields are 422 naming the field, oversized bodies are 413.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(state.max_body_bytes)
+            } else {
+                ApiError::BadRequest(format!(
+                    "cannot read request body: {}",
+                    rejection.body_text()
+                ))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parse `bytes` as `T`, classifying errors as [`ApiJson`] documents.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "request body is empty; send a JSON object".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = inner.to_string();
+                let field = if path.is_empty() || path == "." {
+                    // "missing field `x`" and "unknown field `x`" name it only in the message.
+                    message
+                        .split('`')
+                        .nth(1)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| "body".into())
+                } else {
+                    path
+                };
+                ApiError::unprocessable(field, message)
+            }
+            _ => ApiError::BadRequest(format!("malformed JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Query-string extractor whose errors (duplicate keys, bad encoding) use the JSON error shape.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Parse a task id from a path segment (400 when it is not a UUID).
+pub fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest(format!("bad id {raw:?}: not a UUID")))
+}
+
+/// Reject requests without the right `x-api-key`. Compared in constant time; no other header
+/// grants access.
+pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let expected = state.api_key.expose_secret().as_bytes();
+    let authorized = req
+        .headers()
+        .get(API_KEY_HEADER)
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected)));
+    if !authorized {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bgagent_shared::domain::EnqueueRequest;
+
+    fn field_of(body: &str) -> (String, Option<String>) {
+        match parse_json::<EnqueueRequest>(body.as_bytes()) {
+            Err(ApiError::Unprocessable { field, .. }) => ("422".into(), Some(field)),
+            Err(ApiError::BadRequest(_)) => ("400".into(), None),
+            other => (format!("{other:?}"), None),
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_and_name_the_field() {
+        assert_eq!(field_of(""), ("400".into(), None));
+        assert_eq!(field_of("{\"agent\":"), ("400".into(), None));
+        assert_eq!(field_of("{} x"), ("400".into(), None));
+        assert_eq!(
+            field_of("{\"command\":\"x\"}"),
+            ("422".into(), Some("agent".into()))
+        );
+        assert_eq!(
+            field_of("{\"agent\":\"a\",\"command\":\"x\",\"nope\":1}"),
+            ("422".into(), Some("nope".into()))
+        );
+        assert_eq!(
+            field_of("{\"agent\":5,\"command\":\"x\"}"),
+            ("422".into(), Some("agent".into()))
+        );
+        assert_eq!(field_of("[]"), ("422".into(), Some("body".into())));
+    }
+}

@@ -1,0 +1,201 @@
+//! The Background Agent HTTP API: validates tasks, records them in PostgreSQL and publishes them
+//! to RabbitMQ. [`Api::build`] binds and wires everything; [`Api::run_until_stopped`] serves until
+//! the shutdown token fires, so `bgagent dev` and the tests run it in-process.
+
+pub mod config;
+pub mod enqueue;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::get;
+use bgagent_shared::broker::Publisher;
+use bgagent_shared::{Error, db};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::ApiConfig;
+use error::ApiError;
+use state::AppState;
+
+/// A bound, ready-to-serve API.
+pub struct Api {
+    listener: TcpListener,
+    state: AppState,
+    enqueue_loops: JoinSet<()>,
+    request_timeout: Duration,
+}
+
+impl Api {
+    /// Connect (lazily) to PostgreSQL and RabbitMQ, migrate when configured, and bind.
+    /// RabbitMQ being down does not stop the start: enqueue keeps accepting tasks and `/ready`
+    /// reports it.
+    pub async fn build(config: &ApiConfig) -> Result<Self, Error> {
+        let api_key = config.resolved_api_key()?;
+        let host = hostname();
+        let db = db::pool(&config.database, &format!("bgagent-api@{host}"))?;
+        if config.migrate {
+            db::migrate(&db).await?;
+        }
+        let publisher = Publisher::new(&config.broker, &format!("bgagent-api@{host}"))?;
+        if !publisher.ping(Duration::from_secs(3)).await {
+            tracing::warn!(
+                "RabbitMQ unreachable at start; tasks stay unpublished until it returns"
+            );
+        }
+        let metrics =
+            Arc::new(metrics::Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?);
+        let (enqueuer, enqueue_loops) = enqueue::Enqueuer::start(
+            db.clone(),
+            publisher.clone(),
+            metrics.clone(),
+            config.enqueue_loops,
+        );
+        let listener = TcpListener::bind(config.bind).await.map_err(|e| {
+            Error::Io(format!(
+                "BGAGENT_BIND: cannot listen on {}: {e}",
+                config.bind
+            ))
+        })?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                db,
+                publisher,
+                enqueuer,
+                metrics,
+                api_key: Arc::new(api_key),
+                max_body_bytes: config.max_body_bytes,
+            },
+            enqueue_loops,
+            request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::Io(e.to_string()))
+    }
+
+    /// Serve until `shutdown` fires, then finish in-flight requests and drain the enqueue loops.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let app = router(self.state, self.request_timeout);
+        tracing::info!(addr = %self.listener.local_addr().map_err(|e| Error::Io(e.to_string()))?, "API listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|e| Error::Io(format!("server: {e}")))?;
+        // The router (and with it every enqueue handle) is gone: the loops finish what they hold.
+        let mut loops = self.enqueue_loops;
+        while loops.join_next().await.is_some() {}
+        tracing::info!("API stopped");
+        Ok(())
+    }
+}
+
+/// The full router with its layers.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let protected = Router::new()
+        .merge(routes::tasks::router())
+        .merge(routes::agents::router())
+        .merge(routes::control::router())
+        .merge(routes::workers::router())
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route_layer(from_fn_with_state(state.clone(), extract::require_api_key));
+    let public = Router::new()
+        .merge(routes::health::router())
+        .route("/metrics", get(metrics::serve));
+    Router::new()
+        .merge(protected)
+        .merge(public)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(from_fn(timeout_as_json))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str);
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok());
+            tracing::info_span!("http", method = %req.method(), path = req.uri().path(), route, request_id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> (StatusCode, axum::Json<error::ErrorBody>) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(error::ErrorBody {
+            error: error::ErrorDetail {
+                code: "method_not_allowed",
+                message: "method not allowed on this route".into(),
+                field: None,
+            },
+        }),
+    )
+}
+
+/// The timeout layer answers with an empty 408; give it the JSON error shape.
+async fn timeout_as_json(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let response = next.run(req).await;
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        return (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(error::ErrorBody {
+                error: error::ErrorDetail {
+                    code: "timeout",
+                    message: "request took too long".into(),
+                    field: None,
+                },
+            }),
+        )
+            .into_response();
+    }
+    response
+}
+
+/// This machine's name, for connection names and worker ids.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics of the API process.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::time::Instant;
+
+use crate::state::AppState;
+
+/// Counters and histograms the API exports at `/metrics`.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Tasks accepted (new rows), by agent.
+    pub tasks_enqueued: IntCounterVec,
+    /// Enqueued tasks whose publish was not confirmed (left for the relay).
+    pub publish_failures: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let tasks_enqueued = IntCounterVec::new(
+            Opts::new("bgagent_tasks_enqueued_total", "Tasks accepted by the API"),
+            &["agent"],
+        )?;
+        let publish_failures = IntCounterVec::new(
+            Opts::new(
+                "bgagent_publish_failures_total",
+                "Enqueued tasks whose publish was not confirmed (the relay publishes them later)",
+            ),
+            &["reason"],
+        )?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("bgagent_http_requests_total", "HTTP requests served"),
+            &["method", "route", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bgagent_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method", "route", "status"],
+        )?;
+        registry.register(Box::new(tasks_enqueued.clone()))?;
+        registry.register(Box::new(publish_failures.clone()))?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        Ok(Self {
+            registry,
+            tasks_enqueued,
+            publish_failures,
+            http_requests,
+            http_duration,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Middleware counting requests and timing them by matched route (not raw path, which would
+/// explode label cardinality with task ids).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [method.as_str(), route.as_str(), status.as_str()];
+    state.metrics.http_requests.with_label_values(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

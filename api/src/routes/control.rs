@@ -1,0 +1,65 @@
+//! `POST /stop`, `POST /start`: the fleet's paused state.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use bgagent_shared::broker::ControlMessage;
+use bgagent_shared::db;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiResult, ErrorBody};
+use crate::state::AppState;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/stop", post(stop))
+        .route("/start", post(start))
+}
+
+/// The fleet's paused state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PausedState {
+    /// True while workers take no new tasks.
+    pub paused: bool,
+    /// Whether the control message reached the broker (workers also re-read the stored state
+    /// every few seconds, so false only delays the change).
+    pub broadcast: bool,
+}
+
+/// Pause the fleet: workers finish in-flight tasks and take no new ones.
+#[utoipa::path(post, path = "/stop", tag = "control",
+    responses((status = 200, body = PausedState), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn stop(State(state): State<AppState>) -> ApiResult<Json<PausedState>> {
+    set_paused(&state, true).await
+}
+
+/// Resume the fleet.
+#[utoipa::path(post, path = "/start", tag = "control",
+    responses((status = 200, body = PausedState), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn start(State(state): State<AppState>) -> ApiResult<Json<PausedState>> {
+    set_paused(&state, false).await
+}
+
+async fn set_paused(state: &AppState, paused: bool) -> ApiResult<Json<PausedState>> {
+    // Store first: the stored state is what workers reconcile with, the message only makes the
+    // change immediate.
+    let paused = db::control::set_paused(&state.db, paused, "api").await?;
+    let message = if paused {
+        ControlMessage::Stop
+    } else {
+        ControlMessage::Start
+    };
+    let broadcast = match state.publisher.publish_control(&message).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, paused, "control message not published; workers will reconcile");
+            false
+        }
+    };
+    tracing::info!(paused, "fleet paused state changed");
+    Ok(Json(PausedState { paused, broadcast }))
+}

@@ -1,0 +1,106 @@
+//! `GET /health` (liveness) and `GET /ready` (readiness).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use bgagent_shared::db;
+use serde::Serialize;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+use crate::error::ErrorBody;
+use crate::state::AppState;
+
+/// Each dependency check gets this long, so probes answer quickly during an outage.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+}
+
+/// Liveness and a summary of the system.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` when every dependency answers, else `degraded`.
+    pub status: &'static str,
+    /// PostgreSQL answered.
+    pub db_ok: bool,
+    /// RabbitMQ answered.
+    pub broker_ok: bool,
+    /// The fleet's paused state (null when the database is down).
+    pub paused: Option<bool>,
+    /// Workers heart-beating in the last 30 s (null when the database is down).
+    pub workers: Option<i64>,
+}
+
+/// Readiness: both dependencies reachable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always true in a 200 answer.
+    pub ready: bool,
+}
+
+async fn gather(state: &AppState) -> Health {
+    let (db_ok, broker_ok) = tokio::join!(
+        db::ping(&state.db, CHECK_TIMEOUT),
+        state.publisher.ping(CHECK_TIMEOUT)
+    );
+    let (paused, workers) = if db_ok {
+        let paused = tokio::time::timeout(CHECK_TIMEOUT, db::control::paused(&state.db));
+        let workers = tokio::time::timeout(CHECK_TIMEOUT, db::workers::count_live(&state.db));
+        let (paused, workers) = tokio::join!(paused, workers);
+        (
+            paused.ok().and_then(Result::ok),
+            workers.ok().and_then(Result::ok),
+        )
+    } else {
+        (None, None)
+    };
+    Health {
+        status: if db_ok && broker_ok { "ok" } else { "degraded" },
+        db_ok,
+        broker_ok,
+        paused,
+        workers,
+    }
+}
+
+/// Always 200 while the process serves; the body says how its dependencies are.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(gather(&state).await)
+}
+
+/// 200 when PostgreSQL and RabbitMQ are reachable, else 503 naming which is not.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
+pub async fn ready(
+    State(state): State<AppState>,
+) -> Result<Json<Ready>, (StatusCode, Json<ErrorBody>)> {
+    let (db_ok, broker_ok) = tokio::join!(
+        db::ping(&state.db, CHECK_TIMEOUT),
+        state.publisher.ping(CHECK_TIMEOUT)
+    );
+    if db_ok && broker_ok {
+        return Ok(Json(Ready { ready: true }));
+    }
+    let down: Vec<&str> = [
+        (!db_ok).then_some("postgresql"),
+        (!broker_ok).then_some("rabbitmq"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let body = ErrorBody {
+        error: crate::error::ErrorDetail {
+            code: "not_ready",
+            message: format!("unreachable: {}", down.join(", ")),
+            field: None,
+        },
+    };
+    Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)))
+}

@@ -1,0 +1,239 @@
+//! `POST /enqueue`, `GET /tasks`, `GET /tasks/{id}`, `POST /tasks/{id}/cancel`, `GET /processed`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use bgagent_shared::broker::ControlMessage;
+use bgagent_shared::db;
+use bgagent_shared::db::tasks::{CancelOutcome, TaskFilter};
+use bgagent_shared::domain::{Attempt, EnqueueRequest, NewTask, Task, TaskStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, parse_task_id};
+use crate::routes::parse_limit;
+use crate::state::AppState;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/enqueue", post(enqueue))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/processed", get(list_processed))
+}
+
+/// Accept a task: validate, commit its row, publish it.
+#[utoipa::path(post, path = "/enqueue", tag = "tasks", request_body = EnqueueRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key")),
+    responses(
+        (status = 202, description = "Task accepted", body = Task),
+        (status = 200, description = "The idempotency key exists; the existing task", body = Task),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 503, description = "Database unavailable; nothing was accepted", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<EnqueueRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::unprocessable("Idempotency-Key", "must be visible ASCII"))?,
+        ),
+        None => None,
+    };
+    let task = NewTask::parse(request, header_key)?;
+    let inserted = state.enqueuer.enqueue(task).await?;
+    let status = if inserted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(inserted.task)))
+}
+
+/// Query of `GET /tasks`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListTasksQuery {
+    /// Only tasks with this status.
+    status: Option<String>,
+    /// Only tasks of this agent.
+    agent: Option<String>,
+    /// Page size, 1-500 (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskPage {
+    /// Tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// List tasks newest first with keyset pagination.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListTasksQuery),
+    responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListTasksQuery>,
+) -> ApiResult<Json<TaskPage>> {
+    let limit = parse_limit(query.limit.as_deref())?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()?;
+    let agent = query
+        .agent
+        .as_deref()
+        .map(|a| bgagent_shared::domain::parse_agent_name("agent", a))
+        .transpose()?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            uuid::Uuid::parse_str(c)
+                .map_err(|_| ApiError::BadRequest("bad cursor: use next_cursor as given".into()))
+        })
+        .transpose()?;
+    let filter = TaskFilter {
+        status,
+        agent,
+        before,
+        limit: limit + 1,
+    };
+    let mut tasks = db::tasks::list(&state.db, &filter).await?;
+    let next_cursor = page_cursor(&mut tasks, limit, |t| t.id.to_string());
+    Ok(Json(TaskPage { tasks, next_cursor }))
+}
+
+/// Trim a page fetched with `limit + 1` rows; the cursor is the last kept row when more exist.
+fn page_cursor<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(key)
+    } else {
+        None
+    }
+}
+
+/// One task with its status, attempts, result and timestamps.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "Task id (UUID)")),
+    responses((status = 200, body = Task), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    let id = parse_task_id(&id)?;
+    db::tasks::get(&state.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
+}
+
+/// Cancel a task: a queued one at once (200), a running one through its worker (202).
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = String, Path, description = "Task id (UUID)")),
+    responses(
+        (status = 200, description = "Cancelled", body = Task),
+        (status = 202, description = "Running; its worker was asked to cancel it", body = Task),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let id = parse_task_id(&id)?;
+    match db::tasks::cancel(&state.db, id).await? {
+        CancelOutcome::Cancelled(task) => {
+            tracing::info!(task_id = %id, agent = %task.agent, "cancelled queued task");
+            Ok((StatusCode::OK, Json(task)))
+        }
+        CancelOutcome::Requested(task) => {
+            let message = ControlMessage::Cancel {
+                task_id: id,
+                worker_id: task.worker_id.clone(),
+            };
+            // The stored cancel_requested flag is the source of truth: a worker that misses this
+            // message still records `cancelled` when the attempt ends.
+            if let Err(e) = state.publisher.publish_control(&message).await {
+                tracing::warn!(task_id = %id, error = %e, "cancel message not delivered; the worker will see the flag");
+            }
+            tracing::info!(task_id = %id, agent = %task.agent, "cancel requested for running task");
+            Ok((StatusCode::ACCEPTED, Json(task)))
+        }
+        CancelOutcome::AlreadyFinished(task) => Err(ApiError::Conflict(format!(
+            "task {id} already {}",
+            task.status
+        ))),
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no task {id}"))),
+    }
+}
+
+/// Query of `GET /processed`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProcessedQuery {
+    /// Page size, 1-500 (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of attempt records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptPage {
+    /// Attempts, newest first.
+    pub processed: Vec<Attempt>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Attempt records, newest first.
+#[utoipa::path(get, path = "/processed", tag = "tasks", params(ProcessedQuery),
+    responses((status = 200, body = AttemptPage), (status = 400, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn list_processed(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ProcessedQuery>,
+) -> ApiResult<Json<AttemptPage>> {
+    let limit = parse_limit(query.limit.as_deref())?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest("bad cursor: use next_cursor as given".into()))
+        })
+        .transpose()?;
+    let mut processed = db::tasks::list_attempts(&state.db, before, limit + 1).await?;
+    let next_cursor = page_cursor(&mut processed, limit, |a| a.id.to_string());
+    Ok(Json(AttemptPage {
+        processed,
+        next_cursor,
+    }))
+}

@@ -1,0 +1,280 @@
+//! Publishing with publisher confirms over a deadpool-lapin connection pool.
+//!
+//! One confirm-mode channel is cached and shared: lapin pipelines publishes on it and resolves
+//! each confirm on its own, so a batch is published back to back and its confirms awaited
+//! together. When the broker is unreachable, attempts fail fast for a short back-off instead of
+//! making every request wait for a connect timeout; the first attempt after it reconnects and
+//! re-declares the topology.
+
+use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{ControlMessage, TASK_ID_HEADER, TASK_ROUTING_KEY, TaskMessage, Topology, declare};
+use crate::config::BrokerConfig;
+use crate::{Error, Result};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Open a named connection (shown in the management UI).
+pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(connection_name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(Error::Broker("connect timed out".into())),
+    }
+}
+
+/// Publishes task and control messages; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    topology: Topology,
+    tasks_exchange: String,
+    control_exchange: String,
+    dead_exchange: String,
+    confirm_timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    channel: Option<Channel>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("prefix", &self.inner.topology.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher for `config`'s broker; connects on first use, so it can be built while the
+    /// broker is down.
+    pub fn new(config: &BrokerConfig, connection_name: &str) -> Result<Self> {
+        let url = config.url()?.to_owned();
+        let topology = Topology::new(&config.broker_prefix, config.delivery_limit);
+        let mut pool_config = PoolConfig::new(2);
+        pool_config.timeouts = Timeouts {
+            wait: Some(CONNECT_TIMEOUT),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        };
+        let name = connection_name.to_owned();
+        let pool = deadpool_lapin::Config {
+            url: Some(url),
+            pool: Some(pool_config),
+        }
+        .create_pool(
+            move || ConnectionProperties::default().with_connection_name(name.as_str().into()),
+            Runtime::Tokio1,
+        )
+        .map_err(|e| Error::Config(format!("AMQP_URL: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                tasks_exchange: topology.tasks_exchange(),
+                control_exchange: topology.control_exchange(),
+                dead_exchange: topology.dead_letter_exchange(),
+                topology,
+                confirm_timeout: Duration::from_secs(5),
+                state: Mutex::new(State::default()),
+            }),
+        })
+    }
+
+    /// The topology this publisher declares and publishes to.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The cached confirm channel, (re)connecting and declaring the topology when needed.
+    pub async fn channel(&self) -> Result<Channel> {
+        let mut state = self.inner.state.lock().await;
+        if let Some(ch) = &state.channel {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+            state.channel = None;
+        }
+        if let Some(at) = state.retry_at
+            && Instant::now() < at
+        {
+            return Err(Error::Broker("unreachable (retrying shortly)".into()));
+        }
+        match self.open_channel().await {
+            Ok(ch) => {
+                state.channel = Some(ch.clone());
+                state.retry_at = None;
+                state.backoff = Duration::ZERO;
+                Ok(ch)
+            }
+            Err(e) => {
+                state.backoff = (state.backoff * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
+                state.retry_at = Some(Instant::now() + state.backoff);
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_channel(&self) -> Result<Channel> {
+        let conn = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| Error::Broker(format!("connect: {e}")))?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare(&channel, &self.inner.topology).await?;
+        tracing::info!(
+            prefix = self.inner.topology.prefix(),
+            "broker channel open, topology declared"
+        );
+        Ok(channel)
+    }
+
+    async fn forget_channel(&self) {
+        self.inner.state.lock().await.channel = None;
+    }
+
+    /// True when a channel is (or can now be) open.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.channel()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Publish one persistent message per task and wait for the broker's confirms. Returns the ids
+    /// the broker confirmed; the rest stay unpublished for the relay.
+    pub async fn publish_tasks(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let channel = self.channel().await?;
+        let mut pending = Vec::with_capacity(ids.len());
+        for &task_id in ids {
+            let body = serde_json::to_vec(&TaskMessage { task_id })
+                .map_err(|e| Error::Broker(e.to_string()))?;
+            let mut headers = FieldTable::default();
+            headers.insert(
+                TASK_ID_HEADER.into(),
+                AMQPValue::LongString(task_id.to_string().as_str().into()),
+            );
+            let props = persistent()
+                .with_message_id(task_id.to_string().into())
+                .with_headers(headers);
+            match publish(
+                &channel,
+                &self.inner.tasks_exchange,
+                TASK_ROUTING_KEY,
+                &body,
+                props,
+            )
+            .await
+            {
+                Ok(confirm) => pending.push((task_id, confirm)),
+                Err(e) => {
+                    self.forget_channel().await;
+                    tracing::warn!(error = %e, "publish failed; tasks stay unpublished for the relay");
+                    break;
+                }
+            }
+        }
+        let (ids, confirms): (Vec<Uuid>, Vec<_>) = pending.into_iter().unzip();
+        let Ok(results) =
+            tokio::time::timeout(self.inner.confirm_timeout, join_all(confirms)).await
+        else {
+            self.forget_channel().await;
+            return Err(Error::NotConfirmed);
+        };
+        Ok(ids
+            .into_iter()
+            .zip(results)
+            .filter_map(|(id, r)| is_confirmed(&r).then_some(id))
+            .collect())
+    }
+
+    /// Publish a control message to every worker.
+    pub async fn publish_control(&self, message: &ControlMessage) -> Result<()> {
+        let body = serde_json::to_vec(message).map_err(|e| Error::Broker(e.to_string()))?;
+        self.publish_one(&self.inner.control_exchange, "", &body, persistent())
+            .await
+    }
+
+    /// Publish a copy of a terminally failed task (or an unparseable message) to the dead queue,
+    /// with `headers` describing why.
+    pub async fn publish_dead(&self, body: &[u8], headers: FieldTable) -> Result<()> {
+        let props = persistent().with_headers(headers);
+        self.publish_one(&self.inner.dead_exchange, "dead", body, props)
+            .await
+    }
+
+    async fn publish_one(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<()> {
+        let channel = self.channel().await?;
+        let confirm = match publish(&channel, exchange, routing_key, body, props).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.forget_channel().await;
+                return Err(e);
+            }
+        };
+        match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
+            Ok(result) if is_confirmed(&result) => Ok(()),
+            Ok(_) => Err(Error::NotConfirmed),
+            Err(_) => {
+                self.forget_channel().await;
+                Err(Error::NotConfirmed)
+            }
+        }
+    }
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<lapin::PublisherConfirm> {
+    // Task and dead-letter messages are mandatory: an unroutable one (queue deleted) comes back
+    // instead of vanishing. Control messages may have no listener (no worker running).
+    let options = BasicPublishOptions {
+        mandatory: !routing_key.is_empty(),
+        ..Default::default()
+    };
+    Ok(channel
+        .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+        .await?)
+}
+
+fn is_confirmed(result: &lapin::Result<Confirmation>) -> bool {
+    matches!(result, Ok(Confirmation::Ack(None)))
+}

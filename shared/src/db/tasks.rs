@@ -1,0 +1,241 @@
+//! Tasks and their attempt records.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::Result;
+use crate::domain::{Attempt, NewTask, Task, TaskStatus};
+
+/// Columns of [`Task`], in one place so every query returns the same shape.
+macro_rules! task_columns {
+    () => {
+        "id, agent, command, meta, status, attempts, max_attempts, timeout_secs, idempotency_key, \
+         run_at, published_at, worker_id, lease_until, result, last_error, cancel_requested, \
+         created_at, started_at, finished_at, updated_at"
+    };
+}
+
+/// What inserting one requested task did.
+#[derive(Clone, Debug)]
+pub struct Inserted {
+    /// The stored task: the new one, or the one that already held the idempotency key.
+    pub task: Task,
+    /// False when the idempotency key already existed.
+    pub created: bool,
+}
+
+/// Insert many tasks in one statement (one commit for the whole batch: group commit).
+/// A task whose idempotency key exists already is not inserted; its existing row is returned.
+/// Results are in input order.
+pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<Inserted>> {
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+    let agents: Vec<&str> = tasks.iter().map(|t| t.agent.as_str()).collect();
+    let commands: Vec<&str> = tasks.iter().map(|t| t.command.as_str()).collect();
+    let metas: Vec<&serde_json::Value> = tasks.iter().map(|t| &t.meta).collect();
+    let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.idempotency_key.as_deref()).collect();
+    let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
+    let timeouts: Vec<i32> = tasks.iter().map(|t| t.timeout_secs).collect();
+    let delays: Vec<f64> = tasks.iter().map(|t| t.delay_secs as f64).collect();
+
+    // `on conflict do nothing` also settles duplicate keys inside one batch: the first row wins.
+    let created: Vec<Task> = sqlx::query_as(concat!(
+        "insert into tasks (id, agent, command, meta, idempotency_key, max_attempts, timeout_secs, run_at)
+         select id, agent, command, meta, key, max_attempts, timeout_secs,
+                now() + make_interval(secs => delay)
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::int[],
+                     $7::int[], $8::float8[])
+              as t(id, agent, command, meta, key, max_attempts, timeout_secs, delay)
+         order by id
+         on conflict (idempotency_key) do nothing
+         returning ",
+        task_columns!()
+    ))
+    .bind(&ids)
+    .bind(&agents)
+    .bind(&commands)
+    .bind(&metas)
+    .bind(&keys)
+    .bind(&max_attempts)
+    .bind(&timeouts)
+    .bind(&delays)
+    .fetch_all(db)
+    .await?;
+
+    let mut by_id: std::collections::HashMap<Uuid, Task> =
+        created.into_iter().map(|t| (t.id, t)).collect();
+    let missing_keys: Vec<&str> = tasks
+        .iter()
+        .filter(|t| !by_id.contains_key(&t.id))
+        .filter_map(|t| t.idempotency_key.as_deref())
+        .collect();
+    let mut by_key: std::collections::HashMap<String, Task> = if missing_keys.is_empty() {
+        Default::default()
+    } else {
+        let existing: Vec<Task> = sqlx::query_as(concat!(
+            "select ",
+            task_columns!(),
+            " from tasks where idempotency_key = any($1)"
+        ))
+        .bind(&missing_keys)
+        .fetch_all(db)
+        .await?;
+        existing
+            .into_iter()
+            .filter_map(|t| t.idempotency_key.clone().map(|k| (k, t)))
+            .collect()
+    };
+
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Some(task) = by_id.remove(&t.id) {
+            out.push(Inserted {
+                task,
+                created: true,
+            });
+            continue;
+        }
+        let key = t.idempotency_key.as_deref().unwrap_or_default();
+        let task = match by_key.get(key) {
+            Some(task) => task.clone(),
+            // The conflicting row vanished between the statements (deleted by an operator).
+            None => {
+                return Err(crate::Error::Database(sqlx::Error::RowNotFound));
+            }
+        };
+        by_key.insert(key.to_owned(), task.clone());
+        out.push(Inserted {
+            task,
+            created: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Record that the broker confirmed these tasks' messages.
+pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64> {
+    let done = sqlx::query(
+        "update tasks set published_at = now() where id = any($1) and published_at is null",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// One task.
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>> {
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        task_columns!(),
+        " from tasks where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Filters of `GET /tasks`.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this status.
+    pub status: Option<TaskStatus>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only tasks older than this id (keyset cursor).
+    pub before: Option<Uuid>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Tasks newest first, one page.
+pub async fn list(db: impl PgExecutor<'_>, filter: &TaskFilter) -> Result<Vec<Task>> {
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        task_columns!(),
+        " from tasks
+          where ($1::text is null or status = $1) and ($2::text is null or agent = $2)
+            and ($3::uuid is null or id < $3)
+          order by id desc limit $4"
+    ))
+    .bind(filter.status.map(TaskStatus::as_str))
+    .bind(filter.agent.as_deref())
+    .bind(filter.before)
+    .bind(filter.limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// What a cancel request found.
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    /// The task was queued and is now cancelled.
+    Cancelled(Task),
+    /// The task is running; the cancel is recorded and its worker must be told.
+    Requested(Task),
+    /// The task had already finished.
+    AlreadyFinished(Task),
+    /// No such task.
+    NotFound,
+}
+
+/// Cancel a task: at once when queued, by request when running.
+pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> Result<CancelOutcome> {
+    // A task can move between queued and running while we look (claim, retry); a few rounds
+    // always settle it because each round either changes the row or observes a final state.
+    for _ in 0..3 {
+        let cancelled: Option<Task> = sqlx::query_as(concat!(
+            "update tasks set status = 'cancelled', finished_at = now(), updated_at = now(),
+                    lease_until = null, last_error = 'cancelled by request'
+             where id = $1 and status = 'queued' returning ",
+            task_columns!()
+        ))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+        if let Some(task) = cancelled {
+            return Ok(CancelOutcome::Cancelled(task));
+        }
+        // If a worker claimed it meanwhile, the row lock ordered us after the claim and the
+        // running task gets the request instead.
+        let requested: Option<Task> = sqlx::query_as(concat!(
+            "update tasks set cancel_requested = true, updated_at = now()
+             where id = $1 and status = 'running' returning ",
+            task_columns!()
+        ))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+        if let Some(task) = requested {
+            return Ok(CancelOutcome::Requested(task));
+        }
+        match get(db, id).await? {
+            Some(task) if task.status.is_terminal() => {
+                return Ok(CancelOutcome::AlreadyFinished(task));
+            }
+            Some(_) => continue,
+            None => return Ok(CancelOutcome::NotFound),
+        }
+    }
+    Err(crate::Error::Database(sqlx::Error::Protocol(
+        "task kept changing state during cancel".into(),
+    )))
+}
+
+/// Attempt records newest first, one page.
+pub async fn list_attempts(
+    db: impl PgExecutor<'_>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Attempt>> {
+    Ok(sqlx::query_as(
+        "select a.id, a.task_id, a.attempt, a.agent, t.command, a.worker_id, a.outcome, a.error,
+                a.started_at, a.finished_at
+         from task_attempts a join tasks t on t.id = a.task_id
+         where ($1::bigint is null or a.id < $1)
+         order by a.id desc limit $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}

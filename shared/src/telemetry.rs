@@ -1,0 +1,34 @@
+//! Logging and tracing set-up shared by every binary.
+
+use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    #[default]
+    Json,
+    /// Human-readable, for terminals.
+    Pretty,
+}
+
+/// Telemetry settings (`RUST_LOG`, `BGAGENT_LOG_FORMAT`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct TelemetryConfig {
+    /// Log line format.
+    #[arg(long, env = "BGAGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Install the global subscriber. `RUST_LOG` filters (default `info`). Safe to call twice: the
+/// second call is ignored, which lets tests and `bgagent dev` share one process.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_current_span(true))
+            .try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+    };
+}

@@ -1,0 +1,58 @@
+//! `bgagent dev`: everything in one process for local use: creates the database if absent,
+//! migrates, starts the API and workers, and prints the URL and API key.
+
+use anyhow::Context;
+use bgagent_api::{Api, ApiConfig};
+use bgagent_shared::db;
+use bgagent_shared::telemetry::{self, LogFormat};
+use rand::RngCore;
+use secrecy::ExposeSecret;
+
+/// Arguments of `bgagent dev`.
+#[derive(clap::Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    api: ApiConfig,
+    /// Log format (pretty for terminals).
+    #[arg(long, env = "BGAGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+/// Run the command until Ctrl-C / SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let mut config = args.api;
+    config.database = config.database.or_local();
+    config.broker = config.broker.or_local();
+    let generated = config.api_key.is_none() && config.api_key_file.is_none();
+    if generated {
+        config.api_key = Some(random_key().into());
+    }
+    db::ensure_database(config.database.url()?).await.context(
+        "cannot reach PostgreSQL to create the database (is it running? set DATABASE_URL)",
+    )?;
+    let api = Api::build(&config).await.context("cannot start the API")?;
+    let addr = api.local_addr()?;
+    let key = config.resolved_api_key()?;
+    let shown_host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    println!("Background Agent is running (Ctrl-C stops it)");
+    println!("  BGAGENT_URL=http://{shown_host}:{}", addr.port());
+    if generated {
+        println!("  BACKGROUND_AGENT_API_KEY={}", key.expose_secret());
+    } else {
+        println!("  BACKGROUND_AGENT_API_KEY=(the one you set)");
+    }
+    let shutdown = bgagent_shared::shutdown::on_signal();
+    api.run_until_stopped(shutdown).await?;
+    Ok(())
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,4 @@
+//! Subcommands.
+
+pub mod dev;
+pub mod migrate;
