@@ -52,7 +52,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => {
+            // A data error may sit in a document that is malformed further on ("{} x"):
+            // syntax wins, so check the whole document (only on this error path).
+            serde_json::error::Category::Data
+                if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
+            {
                 let message = inner.to_string();
                 let field = if path.is_empty() || path == "." {
                     // "missing field `x`" and "unknown field `x`" name it only in the message.

@@ -4,10 +4,12 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bgagent_shared::db;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::state::AppState;
 
@@ -21,6 +23,9 @@ pub struct Metrics {
     pub publish_failures: IntCounterVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    queue_messages: IntGaugeVec,
+    fleet_paused: IntGauge,
+    workers_live: IntGauge,
 }
 
 impl Metrics {
@@ -52,6 +57,21 @@ impl Metrics {
             ]),
             &["method", "route", "status"],
         )?;
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "bgagent_queue_messages",
+                "Messages ready in a queue (tasks, dead)",
+            ),
+            &["queue"],
+        )?;
+        let fleet_paused = IntGauge::new("bgagent_fleet_paused", "1 while the fleet is paused")?;
+        let workers_live = IntGauge::new(
+            "bgagent_workers_live",
+            "Workers that sent a heartbeat in the last 30 seconds",
+        )?;
+        registry.register(Box::new(queue_messages.clone()))?;
+        registry.register(Box::new(fleet_paused.clone()))?;
+        registry.register(Box::new(workers_live.clone()))?;
         registry.register(Box::new(tasks_enqueued.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -62,6 +82,9 @@ impl Metrics {
             publish_failures,
             http_requests,
             http_duration,
+            queue_messages,
+            fleet_paused,
+            workers_live,
         })
     }
 
@@ -101,8 +124,35 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
+    sample_system_gauges(&state).await;
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// Refresh the gauges that describe the whole system (queue depths, paused state, live workers)
+/// at scrape time, each with a short timeout so a dead dependency does not stall the scrape.
+async fn sample_system_gauges(state: &AppState) {
+    let timeout = Duration::from_secs(1);
+    let (depths, paused, live) = tokio::join!(
+        tokio::time::timeout(timeout, state.publisher.queue_depths()),
+        tokio::time::timeout(timeout, db::control::paused(&state.db)),
+        tokio::time::timeout(timeout, db::workers::count_live(&state.db)),
+    );
+    let m = &state.metrics;
+    if let Ok(Ok((tasks, dead))) = depths {
+        m.queue_messages
+            .with_label_values(&["tasks"])
+            .set(i64::from(tasks));
+        m.queue_messages
+            .with_label_values(&["dead"])
+            .set(i64::from(dead));
+    }
+    if let Ok(Ok(paused)) = paused {
+        m.fleet_paused.set(i64::from(paused));
+    }
+    if let Ok(Ok(live)) = live {
+        m.workers_live.set(live);
+    }
 }

@@ -8,7 +8,7 @@
 
 use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::future::join_all;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::sync::Arc;
@@ -161,6 +161,32 @@ impl Publisher {
             tokio::time::timeout(timeout, self.channel()).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Messages ready in the tasks queue and in the dead queue (passive declares, no side effects).
+    pub async fn queue_depths(&self) -> Result<(u32, u32)> {
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let depth = |name: String| {
+            let channel = channel.clone();
+            async move {
+                channel
+                    .queue_declare(name.into(), passive, FieldTable::default())
+                    .await
+                    .map(|q| q.message_count())
+            }
+        };
+        let result = tokio::try_join!(
+            depth(self.inner.topology.tasks_queue()),
+            depth(self.inner.topology.dead_queue())
+        );
+        if result.is_err() {
+            self.forget_channel().await;
+        }
+        Ok(result?)
     }
 
     /// Publish one persistent message per task and wait for the broker's confirms. Returns the ids

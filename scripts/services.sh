@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Make sure the local PostgreSQL and RabbitMQ answer, starting them when they are installed but
+# stopped. With DATABASE_URL / AMQP_URL pointing elsewhere, those servers are the caller's to run.
+set -euo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_for() { # name host port seconds
+  local i
+  for ((i = 0; i < $4 * 2; i++)); do
+    port_open "$2" "$3" && return 0
+    sleep 0.5
+  done
+  echo "services: $1 did not come up on $2:$3 within $4 s" >&2
+  return 1
+}
+
+ensure_postgres() {
+  if [[ -n "${DATABASE_URL:-}" && "$DATABASE_URL" != *"127.0.0.1:5432"* && "$DATABASE_URL" != *"localhost:5432"* ]]; then
+    return 0
+  fi
+  port_open 127.0.0.1 5432 && return 0
+  echo "services: starting PostgreSQL"
+  if command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  else
+    echo "services: PostgreSQL is not running on 127.0.0.1:5432 and pg_ctlcluster is not installed" >&2
+    return 1
+  fi
+  wait_for PostgreSQL 127.0.0.1 5432 60
+}
+
+ensure_rabbitmq() {
+  if [[ -n "${AMQP_URL:-}" && "$AMQP_URL" != *"127.0.0.1:5672"* && "$AMQP_URL" != *"localhost:5672"* ]]; then
+    return 0
+  fi
+  port_open 127.0.0.1 5672 && return 0
+  echo "services: starting RabbitMQ"
+  if command -v rabbitmq-server >/dev/null; then
+    rabbitmq-server -detached
+  else
+    echo "services: RabbitMQ is not running on 127.0.0.1:5672 and rabbitmq-server is not installed" >&2
+    return 1
+  fi
+  wait_for RabbitMQ 127.0.0.1 5672 120
+}
+
+ensure_postgres
+ensure_rabbitmq
+echo "services: PostgreSQL and RabbitMQ are up"

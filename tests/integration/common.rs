@@ -1,0 +1,328 @@
+//! Test harness: service discovery, a per-test environment and an in-process API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use bgagent_api::{Api, ApiConfig};
+use bgagent_shared::config::{BrokerConfig, DatabaseConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
+use bgagent_shared::db;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The API key every test API uses.
+pub const TEST_KEY: &str = "test-key-0123456789abcdef";
+
+/// Where the shared test services are.
+pub struct Services {
+    /// A PostgreSQL URL; tests replace its database name with their own.
+    pub database_url: String,
+    /// A RabbitMQ URL.
+    pub amqp_url: String,
+}
+
+/// Find the services once per test binary.
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let database_url =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_owned());
+        let amqp_url = std::env::var("AMQP_URL").unwrap_or_else(|_| LOCAL_AMQP_URL.to_owned());
+        if reachable(&database_url) && reachable(&amqp_url) {
+            return Services {
+                database_url,
+                amqp_url,
+            };
+        }
+        if docker_available() {
+            return containers::start();
+        }
+        panic!(
+            "integration tests need PostgreSQL and RabbitMQ: none answered at DATABASE_URL \
+             ({database_url}) / AMQP_URL and no Docker engine is available for testcontainers. \
+             Start them (see README.md) or set DATABASE_URL and AMQP_URL."
+        );
+    })
+}
+
+fn reachable(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let host = parsed.host_str().unwrap_or("127.0.0.1");
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or(match parsed.scheme() {
+            "amqp" => 5672,
+            _ => 5432,
+        });
+    let Ok(mut addrs) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+}
+
+fn docker_available() -> bool {
+    std::env::var_os("DOCKER_HOST").is_some()
+        || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+mod containers {
+    //! The testcontainers path, used where a Docker engine exists and no services are running.
+    use super::Services;
+    use testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers::{GenericImage, ImageExt};
+
+    pub fn start() -> Services {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The containers live on a runtime of their own for the whole test binary: each test's
+        // runtime ends with the test, and the containers must outlive all of them.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("container runtime");
+            rt.block_on(async move {
+                let pg = GenericImage::new("postgres", "16-alpine")
+                    .with_exposed_port(5432.tcp())
+                    .with_wait_for(WaitFor::message_on_stderr(
+                        "database system is ready to accept connections",
+                    ))
+                    .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
+                    .start()
+                    .await
+                    .expect("start postgres container");
+                let mq = GenericImage::new("rabbitmq", "3.13-alpine")
+                    .with_exposed_port(5672.tcp())
+                    .with_wait_for(WaitFor::message_on_stdout("Server startup complete"))
+                    .start()
+                    .await
+                    .expect("start rabbitmq container");
+                let pg_port = pg.get_host_port_ipv4(5432).await.expect("postgres port");
+                let mq_port = mq.get_host_port_ipv4(5672).await.expect("rabbitmq port");
+                let _ = tx.send(Services {
+                    database_url: format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+                    amqp_url: format!("amqp://guest:guest@127.0.0.1:{mq_port}/%2f"),
+                });
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv()
+            .expect("testcontainers did not start the services")
+    }
+}
+
+/// One test's private database and broker prefix, removed on drop.
+pub struct TestEnv {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub prefix: String,
+    pub db: PgPool,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let services = services();
+        let id = Uuid::new_v4().simple().to_string();
+        let mut url = url::Url::parse(&services.database_url).expect("DATABASE_URL");
+        url.set_path(&format!("bgagent_test_{id}"));
+        let database_url = url.to_string();
+        db::ensure_database(&database_url)
+            .await
+            .expect("create the test database");
+        let env = Self {
+            db: db::pool(&database_config(&database_url), "bgagent-test").expect("pool"),
+            database_url,
+            amqp_url: services.amqp_url.clone(),
+            prefix: format!("test-{}", &id[..12]),
+        };
+        db::migrate(&env.db).await.expect("migrate");
+        env
+    }
+
+    pub fn database_config(&self) -> DatabaseConfig {
+        database_config(&self.database_url)
+    }
+
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            amqp_url: Some(self.amqp_url.clone().into()),
+            broker_prefix: self.prefix.clone(),
+            delivery_limit: 20,
+        }
+    }
+
+    pub fn api_config(&self) -> ApiConfig {
+        ApiConfig {
+            database: self.database_config(),
+            broker: self.broker_config(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            api_key: Some(TEST_KEY.into()),
+            api_key_file: None,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            migrate: false,
+            enqueue_loops: 4,
+        }
+    }
+
+    pub async fn spawn_api(&self) -> TestApi {
+        TestApi::spawn(self.api_config()).await
+    }
+
+    pub async fn amqp(&self) -> lapin::Connection {
+        bgagent_shared::broker::connect(&self.amqp_url, "bgagent-test")
+            .await
+            .expect("connect to RabbitMQ")
+    }
+
+    pub fn topology(&self) -> bgagent_shared::broker::Topology {
+        bgagent_shared::broker::Topology::new(&self.prefix, 20)
+    }
+}
+
+fn database_config(url: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        database_url: Some(url.to_owned().into()),
+        db_pool_size: 8,
+        db_acquire_timeout_secs: 3,
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let database_url = self.database_url.clone();
+        let amqp_url = self.amqp_url.clone();
+        let topology = self.topology();
+        let pool = self.db.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: clean up on a thread
+        // with a runtime of its own, and wait for it so nothing outlives the test.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                pool.close().await;
+                if let Err(e) = db::drop_database(&database_url).await {
+                    eprintln!("cleanup: cannot drop {database_url}: {e}");
+                }
+                if let Ok(conn) =
+                    bgagent_shared::broker::connect(&amqp_url, "bgagent-test-cleanup").await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    for q in topology.queues() {
+                        let _ = ch
+                            .queue_delete(q.into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for x in topology.exchanges() {
+                        let _ = ch
+                            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// An API served in-process on a free port, stopped on drop.
+pub struct TestApi {
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl TestApi {
+    pub async fn spawn(config: ApiConfig) -> Self {
+        let api = Api::build(&config).await.expect("build the API");
+        let addr = api.local_addr().expect("bound address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(api.run_until_stopped(shutdown.clone()));
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Send with the test key; returns status and JSON body (Null when the body is not JSON).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let res = req
+            .header("x-api-key", TEST_KEY)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status();
+        let bytes = res.bytes().await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn enqueue(&self, body: &Value) -> Value {
+        let (status, task) = self.post("/enqueue", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "enqueue failed: {task}");
+        task
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Assert an error response: status, code and (for 422) field.
+pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(got.0, status, "unexpected status, body {}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "unexpected body {}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error without message: {}",
+        got.1
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests against real PostgreSQL and RabbitMQ. Each test gets its own database and
+//! broker prefix (see `common`), so they run in parallel and leave nothing behind.
+//!
+//! Services come from `DATABASE_URL` / `AMQP_URL`, else the local defaults, else testcontainers
+//! when a Docker engine is available.
+
+mod api;
+mod common;
