@@ -23,6 +23,10 @@ enum Command {
     Dev(commands::dev::DevArgs),
     /// Apply database migrations and exit.
     Migrate(commands::migrate::MigrateArgs),
+    /// Run the HTTP API (same as `bgagent-api`).
+    Api(commands::run::ApiArgs),
+    /// Run a worker (same as `bgagent-worker`).
+    Worker(commands::run::WorkerArgs),
 }
 
 /// Parse arguments, run the command, and map failures to exit codes.
@@ -31,6 +35,8 @@ pub async fn run() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => commands::dev::run(args).await,
         Command::Migrate(args) => commands::migrate::run(args).await,
+        Command::Api(args) => commands::run::api(args).await,
+        Command::Worker(args) => commands::run::worker(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

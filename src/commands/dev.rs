@@ -5,6 +5,7 @@ use anyhow::Context;
 use bgagent_api::{Api, ApiConfig};
 use bgagent_shared::db;
 use bgagent_shared::telemetry::{self, LogFormat};
+use bgagent_worker::{Worker, WorkerConfig, WorkerOptions};
 use rand::RngCore;
 use secrecy::ExposeSecret;
 
@@ -13,6 +14,11 @@ use secrecy::ExposeSecret;
 pub struct DevArgs {
     #[command(flatten)]
     api: ApiConfig,
+    #[command(flatten)]
+    worker: WorkerOptions,
+    /// Workers to run in this process.
+    #[arg(long, env = "BGAGENT_DEV_WORKERS", default_value_t = 1)]
+    workers: usize,
     /// Log format (pretty for terminals).
     #[arg(long, env = "BGAGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
@@ -32,6 +38,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "cannot reach PostgreSQL to create the database (is it running? set DATABASE_URL)",
     )?;
     let api = Api::build(&config).await.context("cannot start the API")?;
+    let mut workers = Vec::new();
+    for n in 0..args.workers {
+        let mut options = args.worker.clone();
+        // One metrics port per process: only the first in-process worker serves it.
+        if n > 0 {
+            options.metrics_bind = None;
+        }
+        let worker_config = WorkerConfig {
+            database: config.database.clone(),
+            broker: config.broker.clone(),
+            options,
+        };
+        workers.push(
+            Worker::build(&worker_config)
+                .await
+                .context("cannot start a worker")?,
+        );
+    }
     let addr = api.local_addr()?;
     let key = config.resolved_api_key()?;
     let shown_host = if addr.ip().is_unspecified() {
@@ -46,9 +70,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         println!("  BACKGROUND_AGENT_API_KEY=(the one you set)");
     }
+    println!("  workers: {}", workers.len());
     let shutdown = bgagent_shared::shutdown::on_signal();
-    api.run_until_stopped(shutdown).await?;
-    Ok(())
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in workers {
+        tasks.spawn(worker.run_until_stopped(shutdown.clone()));
+    }
+    tasks.spawn(api.run_until_stopped(shutdown.clone()));
+    let mut failure = None;
+    while let Some(done) = tasks.join_next().await {
+        // One part failing stops the rest, so dev mode never runs half a system.
+        if let Ok(Err(e)) = done {
+            shutdown.cancel();
+            failure.get_or_insert(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 fn random_key() -> String {

@@ -2,3 +2,4 @@
 
 pub mod dev;
 pub mod migrate;
+pub mod run;

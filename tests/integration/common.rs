@@ -5,6 +5,8 @@
 use bgagent_api::{Api, ApiConfig};
 use bgagent_shared::config::{BrokerConfig, DatabaseConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
 use bgagent_shared::db;
+use bgagent_shared::domain::Task;
+use bgagent_worker::{Worker, WorkerConfig, WorkerOptions};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -174,6 +176,113 @@ impl TestEnv {
         }
     }
 
+    /// Worker options suited to tests: fast heartbeats, relay and retries, no metrics port.
+    pub fn worker_options(&self) -> WorkerOptions {
+        WorkerOptions {
+            concurrency: 64,
+            prefetch: 128,
+            metrics_bind: None,
+            shutdown_grace_secs: 5,
+            lease_secs: 10,
+            heartbeat_secs: 1,
+            relay_interval_ms: 50,
+            retry_base_ms: 100,
+            retry_factor: 2.0,
+            retry_max_secs: 5,
+            ..WorkerOptions::default()
+        }
+    }
+
+    pub async fn spawn_worker(&self, options: WorkerOptions) -> TestWorker {
+        let config = WorkerConfig {
+            database: self.database_config(),
+            broker: self.broker_config(),
+            options,
+        };
+        let worker = Worker::build(&config).await.expect("build a worker");
+        let id = worker.id().to_owned();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        TestWorker {
+            id,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Environment for a worker or API process of this test.
+    pub fn process_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("AMQP_URL", self.amqp_url.clone()),
+            ("BGAGENT_BROKER_PREFIX", self.prefix.clone()),
+            ("BGAGENT_METRICS_BIND", "off".into()),
+            ("BGAGENT_HEARTBEAT_SECS", "1".into()),
+            ("BGAGENT_RELAY_INTERVAL_MS", "50".into()),
+            ("BGAGENT_RETRY_BASE_MS", "100".into()),
+            ("BGAGENT_LEASE_SECS", "10".into()),
+            ("BGAGENT_LOG_FORMAT", "json".into()),
+            ("RUST_LOG", "warn".into()),
+        ]
+    }
+
+    /// A `bgagent worker` process of this test, killed if the test ends without stopping it.
+    pub fn spawn_worker_process(&self, extra: &[(&str, &str)]) -> ChildGuard {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bgagent"));
+        cmd.arg("worker").envs(self.process_env());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        ChildGuard(
+            cmd.stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("start a worker process"),
+        )
+    }
+
+    /// Poll a task until `done` holds for it, or panic after `timeout`.
+    pub async fn wait_task(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+        done: impl Fn(&Task) -> bool,
+    ) -> Task {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let task = db::tasks::get(&self.db, id)
+                .await
+                .expect("read task")
+                .expect("task exists");
+            if done(&task) {
+                return task;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("task {id} did not reach the expected state in {timeout:?}: {task:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until no task is queued or running, or panic after `timeout`.
+    pub async fn wait_all_terminal(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let open: i64 = sqlx::query_scalar(
+                "select count(*) from tasks where status in ('queued', 'running')",
+            )
+            .fetch_one(&self.db)
+            .await
+            .expect("count");
+            if open == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{open} tasks still queued or running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn spawn_api(&self) -> TestApi {
         TestApi::spawn(self.api_config()).await
     }
@@ -325,4 +434,48 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
         "error without message: {}",
         got.1
     );
+}
+
+/// An in-process worker, stopped (cleanly) on drop or with [`TestWorker::stop`].
+pub struct TestWorker {
+    pub id: String,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), bgagent_shared::Error>>>,
+}
+
+impl TestWorker {
+    /// Stop and wait for the drain to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("worker task").expect("worker run");
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A child process killed on drop, so a failing test leaves no process behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        self.0.wait().expect("wait for the process")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -6,3 +6,5 @@
 
 mod api;
 mod common;
+mod fake_agent;
+mod worker;

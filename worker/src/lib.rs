@@ -1,1 +1,228 @@
-//! placeholder
+//! The Background Agent worker: consumes task messages, claims tasks in PostgreSQL, runs them
+//! (built-ins, registered agents over HTTP, or the Omni Gateway), records outcomes and obeys
+//! stop/start/cancel. It also runs the relay (publishing due, unpublished tasks) and the reaper
+//! (recovering tasks of lost workers), so any number of workers share that work.
+//!
+//! [`Worker::build`] prepares a worker; [`Worker::run_until_stopped`] runs it until the shutdown
+//! token fires, then drains: in-flight tasks get `BGAGENT_SHUTDOWN_GRACE_SECS` to finish and the
+//! rest are handed back to the queue, so a clean stop leaves nothing `running`.
+
+pub mod backoff;
+pub mod config;
+pub mod executor;
+mod maintenance;
+pub mod metrics;
+mod pipeline;
+mod session;
+mod state;
+
+use bgagent_shared::broker::{Publisher, Topology};
+use bgagent_shared::{Error, db};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{WorkerConfig, WorkerOptions};
+use executor::{AgentRegistry, Executors, HttpExecutor};
+use state::Shared;
+
+/// How long outcomes may take to reach PostgreSQL after the drain before they are left to the
+/// leases.
+const RECORD_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A worker ready to run.
+pub struct Worker {
+    shared: Arc<Shared>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+}
+
+impl Worker {
+    /// Validate the configuration, prepare clients and bind the metrics port. Connects nothing
+    /// yet: the worker starts while PostgreSQL or RabbitMQ are down and waits for them.
+    pub async fn build(config: &WorkerConfig) -> Result<Self, Error> {
+        let options = config.options.clone();
+        let id = options.worker_id.clone().unwrap_or_else(default_worker_id);
+        let db = db::pool(&config.database, &format!("bgagent-worker@{id}"))?;
+        let publisher = Publisher::new(&config.broker, &format!("bgagent-worker@{id}/publish"))?;
+        let gateway = match &options.omni_gateway_url {
+            Some(url) => Some(executor::http::Gateway::new(url, options.gateway_key()?)?),
+            None => None,
+        };
+        let http = HttpExecutor::new(gateway, options.result_max_bytes)?;
+        let metrics = Arc::new(
+            metrics::WorkerMetrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?,
+        );
+        let metrics_listener = match options.metrics_bind {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Io(format!(
+                    "BGAGENT_METRICS_BIND: cannot listen on {addr}: {e}"
+                ))
+            })?),
+            None => None,
+        };
+        let backoff = backoff::Backoff {
+            base: Duration::from_millis(options.retry_base_ms.max(1)),
+            factor: options.retry_factor,
+            max: Duration::from_secs(options.retry_max_secs.max(1)),
+        };
+        let (paused, _) = watch::channel(false);
+        let shared = Shared {
+            id,
+            amqp_url: config.broker.url()?.to_owned(),
+            topology: Topology::new(&config.broker.broker_prefix, config.broker.delivery_limit),
+            executors: Executors::new(http, AgentRegistry::new(db.clone())),
+            permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            options,
+            db,
+            publisher,
+            metrics,
+            backoff,
+            running: Default::default(),
+            processed: AtomicI64::new(0),
+            paused,
+            interrupt: CancellationToken::new(),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            metrics_listener,
+        })
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Address of the metrics server, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
+    }
+
+    /// Run until `shutdown`, then drain and stop cleanly.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let shared = self.shared;
+        let finished = CancellationToken::new();
+        if let Some(listener) = self.metrics_listener {
+            let state = metrics::ServerState {
+                metrics: shared.metrics.clone(),
+                connected: shared.connected.clone(),
+            };
+            tokio::spawn(metrics::serve(listener, state, finished.clone()));
+        }
+        if !register(&shared, &shutdown).await {
+            return Ok(());
+        }
+        // Adopt the stored paused state before consuming anything.
+        maintenance::reconcile_paused(&shared).await;
+        tracing::info!(worker_id = %shared.id, paused = shared.is_paused(), "worker started");
+
+        let prefetch = usize::from(shared.options.prefetch.max(1));
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(prefetch);
+        let (records_tx, records_rx) = mpsc::channel(shared.options.concurrency.max(1) * 2);
+        let executions = TaskTracker::new();
+        let abandon = CancellationToken::new();
+
+        // Heartbeats (and lease renewal) continue through the drain, until the very end.
+        let heartbeat = tokio::spawn(maintenance::heartbeat_loop(
+            shared.clone(),
+            finished.clone(),
+        ));
+        let relay = tokio::spawn(maintenance::relay_loop(shared.clone(), shutdown.clone()));
+        let reaper = tokio::spawn(maintenance::reaper_loop(shared.clone(), shutdown.clone()));
+        let claims = tokio::spawn(pipeline::claim_loop(
+            shared.clone(),
+            deliveries_rx,
+            records_tx,
+            shutdown.clone(),
+            executions.clone(),
+        ));
+        let records = tokio::spawn(pipeline::record_loop(
+            shared.clone(),
+            records_rx,
+            abandon.clone(),
+        ));
+
+        let connection = session::run(shared.clone(), deliveries_tx, shutdown.clone()).await;
+
+        // Draining: no consumer any more; unclaimed deliveries were handed back.
+        tracing::info!(worker_id = %shared.id, in_flight = shared.metrics.in_flight.get(), "draining");
+        let _ = claims.await;
+        executions.close();
+        let grace = Duration::from_secs(shared.options.shutdown_grace_secs);
+        if tokio::time::timeout(grace, executions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(worker_id = %shared.id, "grace period over; handing unfinished tasks back");
+            shared.interrupt.cancel();
+            executions.wait().await;
+        }
+        let deadline = tokio::spawn({
+            let abandon = abandon.clone();
+            async move {
+                tokio::time::sleep(RECORD_DEADLINE).await;
+                abandon.cancel();
+            }
+        });
+        let _ = records.await;
+        deadline.abort();
+        let _ = tokio::join!(relay, reaper);
+        finished.cancel();
+        let _ = heartbeat.await;
+        if let Err(e) = db::workers::mark_stopped(&shared.db, &shared.id).await {
+            tracing::warn!(error = %e, "cannot mark the worker stopped");
+        }
+        if let Some(conn) = connection {
+            let _ = conn.close(200, "worker stopped".into()).await;
+        }
+        tracing::info!(worker_id = %shared.id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Register in `workers`, retrying while PostgreSQL is down; false when shutdown came first.
+async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match db::workers::register(
+            &shared.db,
+            &shared.id,
+            &hostname(),
+            env!("CARGO_PKG_VERSION"),
+        )
+        .await
+        {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "cannot register the worker; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `host-pid-random`: unique across restarts and replicas, readable in the management UI.
+fn default_worker_id() -> String {
+    let suffix: u32 = rand::random();
+    format!("{}-{}-{:08x}", hostname(), std::process::id(), suffix)
+}

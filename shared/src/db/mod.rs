@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod control;
+pub mod runs;
 pub mod tasks;
 pub mod workers;
 

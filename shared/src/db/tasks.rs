@@ -7,6 +7,8 @@ use crate::Result;
 use crate::domain::{Attempt, NewTask, Task, TaskStatus};
 
 /// Columns of [`Task`], in one place so every query returns the same shape.
+#[macro_export]
+#[doc(hidden)]
 macro_rules! task_columns {
     () => {
         "id, agent, command, meta, status, attempts, max_attempts, timeout_secs, idempotency_key, \
@@ -111,10 +113,13 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
     Ok(out)
 }
 
-/// Record that the broker confirmed these tasks' messages.
+/// Record that the broker confirmed these new tasks' first messages. Only rows still waiting for
+/// their first run are marked: a task a worker already claimed and sent back for a retry must stay
+/// unpublished, or the relay would never publish its retry.
 pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64> {
     let done = sqlx::query(
-        "update tasks set published_at = now() where id = any($1) and published_at is null",
+        "update tasks set published_at = now()
+         where id = any($1) and published_at is null and status = 'queued' and attempts = 0",
     )
     .bind(ids)
     .execute(db)

@@ -30,3 +30,50 @@ pub async fn count_live(db: impl PgExecutor<'_>) -> Result<i64> {
     .fetch_one(db)
     .await?)
 }
+
+/// Register a worker at start (or refresh it after a restart with the same id).
+pub async fn register(db: impl PgExecutor<'_>, id: &str, host: &str, version: &str) -> Result<()> {
+    sqlx::query(
+        "insert into workers (id, host, version) values ($1, $2, $3)
+         on conflict (id) do update set host = excluded.host, version = excluded.version,
+             started_at = now(), last_seen = now(), stopped_at = null, in_flight = 0, processed = 0",
+    )
+    .bind(id)
+    .bind(host)
+    .bind(version)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Record a heartbeat.
+pub async fn heartbeat(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    paused: bool,
+    in_flight: i32,
+    processed: i64,
+) -> Result<()> {
+    sqlx::query(
+        "update workers set last_seen = now(), paused = $2, in_flight = $3, processed = $4
+         where id = $1",
+    )
+    .bind(id)
+    .bind(paused)
+    .bind(in_flight)
+    .bind(processed)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Mark a worker stopped after a clean shutdown.
+pub async fn mark_stopped(db: impl PgExecutor<'_>, id: &str) -> Result<()> {
+    sqlx::query(
+        "update workers set stopped_at = now(), last_seen = now(), in_flight = 0 where id = $1",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! What workers do to task rows: claim, record outcomes (fenced on the claimed attempt), renew
+//! leases, and the relay and reaper that keep "nothing lost, nothing stuck" true.
+
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::domain::Task;
+
+/// Claim queued, due tasks for `worker_id` in one statement. Ids that are not claimable (finished,
+/// cancelled, held by another worker, not yet due) are simply absent from the result: a duplicate
+/// or stale message becomes a no-op.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    worker_id: &str,
+    lease_secs: u64,
+) -> Result<Vec<Task>> {
+    Ok(sqlx::query_as(concat!(
+        "update tasks set status = 'running', attempts = attempts + 1, worker_id = $2,
+                lease_until = now() + make_interval(secs => $3), started_at = now(),
+                updated_at = now()
+         where id = any($1) and status = 'queued' and run_at <= now()
+         returning ",
+        crate::task_columns!()
+    ))
+    .bind(ids)
+    .bind(worker_id)
+    .bind(lease_secs as f64)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The outcome of one attempt, as the worker decided it.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// The task.
+    pub task_id: Uuid,
+    /// The attempt number the claim produced (the fence).
+    pub attempt: i32,
+    /// New status: `succeeded`, `failed`, `cancelled`, or `queued` for a retry.
+    pub status: &'static str,
+    /// Attempt outcome for `task_attempts`: `succeeded`, `failed`, `retry`, `timeout`, `cancelled`.
+    pub outcome: &'static str,
+    /// Result of a success.
+    pub result: Option<Value>,
+    /// Error of a failure.
+    pub error: Option<String>,
+    /// Seconds until a retry may run.
+    pub retry_delay_secs: f64,
+    /// When the attempt started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What recording did to one task.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Recorded {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its agent.
+    pub agent: String,
+    /// Final status after the record (a cancel request turns any outcome into `cancelled`).
+    pub status: String,
+    /// Attempt outcome written.
+    pub outcome: String,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Error written.
+    pub error: Option<String>,
+}
+
+/// Record many attempt outcomes in one statement. Each update is fenced on (attempt, worker,
+/// running): if the lease was lost and the task re-run elsewhere, the stale outcome is dropped.
+/// A task whose cancel was requested while it ran ends `cancelled` whatever the outcome.
+pub async fn record(
+    db: &PgPool,
+    worker_id: &str,
+    records: &[AttemptRecord],
+) -> Result<Vec<Recorded>> {
+    let ids: Vec<Uuid> = records.iter().map(|r| r.task_id).collect();
+    let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
+    let statuses: Vec<&str> = records.iter().map(|r| r.status).collect();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome).collect();
+    let results: Vec<Option<&Value>> = records.iter().map(|r| r.result.as_ref()).collect();
+    let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+    let delays: Vec<f64> = records.iter().map(|r| r.retry_delay_secs).collect();
+    let started: Vec<chrono::DateTime<chrono::Utc>> =
+        records.iter().map(|r| r.started_at).collect();
+    Ok(sqlx::query_as(
+        "with input as (
+             select * from unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::jsonb[],
+                                  $6::text[], $7::float8[], $8::timestamptz[])
+                 as i(id, attempt, status, outcome, result, error, delay, started)
+         ),
+         updated as (
+             update tasks t set
+                 status = case when t.cancel_requested then 'cancelled' else i.status end,
+                 result = case when t.cancel_requested then null else i.result end,
+                 last_error = case when t.cancel_requested then 'cancelled by request'
+                                   else i.error end,
+                 run_at = case when i.status = 'queued' and not t.cancel_requested
+                               then now() + make_interval(secs => i.delay) else t.run_at end,
+                 published_at = case when i.status = 'queued' and not t.cancel_requested
+                                     then null else t.published_at end,
+                 finished_at = case when i.status = 'queued' and not t.cancel_requested
+                                    then null else now() end,
+                 lease_until = null,
+                 updated_at = now()
+             from input i
+             where t.id = i.id and t.attempts = i.attempt and t.status = 'running'
+               and t.worker_id = $9
+             returning t.id, t.agent, t.status, t.attempts,
+                       case when t.cancel_requested then 'cancelled' else i.outcome end as outcome,
+                       case when t.cancel_requested then 'cancelled by request' else i.error end
+                           as error,
+                       i.started
+         ),
+         attempts as (
+             insert into task_attempts (task_id, attempt, agent, worker_id, outcome, error, started_at)
+             select id, attempts, agent, $9, outcome, error, started from updated
+             on conflict (task_id, attempt) do nothing
+         )
+         select id as task_id, agent, status, outcome, attempts as attempt, error from updated",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&statuses)
+    .bind(&outcomes)
+    .bind(&results)
+    .bind(&errors)
+    .bind(&delays)
+    .bind(&started)
+    .bind(worker_id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Hand back tasks a stopping worker could not finish: queued again, due now, unpublished, and the
+/// interrupted attempt not counted. Fenced like [`record`].
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    worker_id: &str,
+    tasks: &[(Uuid, i32)],
+) -> Result<u64> {
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
+    let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
+    let done = sqlx::query(
+        "update tasks t set status = 'queued', attempts = t.attempts - 1, run_at = now(),
+                published_at = null, lease_until = null, updated_at = now(),
+                last_error = 'interrupted by worker shutdown'
+         from unnest($1::uuid[], $2::int[]) as i(id, attempt)
+         where t.id = i.id and t.attempts = i.attempt and t.status = 'running'
+           and t.worker_id = $3",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(worker_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Extend the lease of every task this worker runs; returns the ids whose cancel was requested,
+/// so a worker that missed a cancel message still honours it.
+pub async fn renew_leases(
+    db: impl PgExecutor<'_>,
+    worker_id: &str,
+    lease_secs: u64,
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "with renewed as (
+             update tasks set lease_until = now() + make_interval(secs => $2)
+             where worker_id = $1 and status = 'running'
+             returning id, cancel_requested
+         )
+         select id from renewed where cancel_requested",
+    )
+    .bind(worker_id)
+    .bind(lease_secs as f64)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Due, unpublished tasks for the relay, locked (`FOR UPDATE SKIP LOCKED`) inside the caller's
+/// transaction so any number of relays share the work without publishing a row twice. Fresh
+/// enqueues get a grace period: the API publishes those itself.
+pub async fn lock_unpublished(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+    fresh_grace_secs: f64,
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "select id from tasks
+         where status = 'queued' and published_at is null and run_at <= now()
+           and (attempts > 0 or created_at < now() - make_interval(secs => $2))
+         order by run_at
+         limit $1
+         for update skip locked",
+    )
+    .bind(limit)
+    .bind(fresh_grace_secs)
+    .fetch_all(tx)
+    .await?)
+}
+
+/// Mark relayed tasks published.
+pub async fn mark_relayed(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64> {
+    let done = sqlx::query("update tasks set published_at = now() where id = any($1)")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// A running task whose worker is gone, as the reaper handled it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Reaped {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its agent.
+    pub agent: String,
+    /// `queued` (will run again), `failed` (that was its last attempt) or `cancelled`.
+    pub status: String,
+    /// Attempts used.
+    pub attempts: i32,
+}
+
+/// Return to the queue the running tasks whose lease expired or whose worker stopped
+/// heart-beating (or shut down); a task that was on its last attempt fails instead, so a task that
+/// kills its worker every time cannot loop forever.
+pub async fn reap(db: impl PgExecutor<'_>, stale_worker_secs: f64) -> Result<Vec<Reaped>> {
+    Ok(sqlx::query_as(
+        "with lost as (
+             select t.id from tasks t
+             left join workers w on w.id = t.worker_id
+             where t.status = 'running'
+               and (t.lease_until < now()
+                    or w.stopped_at is not null
+                    or w.last_seen < now() - make_interval(secs => $1))
+             for update of t skip locked
+         ),
+         updated as (
+             update tasks t set
+                 status = case when t.cancel_requested then 'cancelled'
+                               when t.attempts >= t.max_attempts then 'failed'
+                               else 'queued' end,
+                 last_error = case when t.cancel_requested then 'cancelled by request'
+                                   else 'worker lost while running the task (attempt '
+                                        || t.attempts || ')' end,
+                 finished_at = case when t.cancel_requested or t.attempts >= t.max_attempts
+                                    then now() end,
+                 run_at = now(), published_at = null, lease_until = null, updated_at = now()
+             from lost where t.id = lost.id
+             returning t.id, t.agent, t.status, t.attempts, t.worker_id, t.started_at, t.last_error
+         ),
+         attempts as (
+             insert into task_attempts (task_id, attempt, agent, worker_id, outcome, error, started_at)
+             select id, attempts, agent, worker_id,
+                    case status when 'queued' then 'retry' else status end,
+                    last_error, coalesce(started_at, now())
+             from updated
+             on conflict (task_id, attempt) do nothing
+         )
+         select id as task_id, agent, status, attempts from updated",
+    )
+    .bind(stale_worker_secs)
+    .fetch_all(db)
+    .await?)
+}

@@ -1,0 +1,126 @@
+//! Settings of a worker process.
+
+use bgagent_shared::config::{BrokerConfig, DatabaseConfig, secret_from};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `bgagent-worker` reads from flags and the environment.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WorkerConfig {
+    /// PostgreSQL settings.
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// RabbitMQ settings.
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+    /// Worker behaviour.
+    #[command(flatten)]
+    pub options: WorkerOptions,
+}
+
+/// Worker settings other than the database and broker (shared with `bgagent dev`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct WorkerOptions {
+    /// Tasks run at once by this process (sized for I/O-bound work).
+    #[arg(long, env = "BGAGENT_CONCURRENCY", default_value_t = 256)]
+    pub concurrency: usize,
+    /// Unacknowledged messages the broker may push ahead (at least the concurrency).
+    #[arg(long, env = "BGAGENT_PREFETCH", default_value_t = 512)]
+    pub prefetch: u16,
+    /// Address of the worker's /metrics, /health and /ready, or `off`.
+    // Spelled out so clap treats "no address" (`off`) as a value, not as an absent flag.
+    #[arg(long, env = "BGAGENT_METRICS_BIND", default_value = "0.0.0.0:9091", value_parser = parse_bind)]
+    pub metrics_bind: std::option::Option<SocketAddr>,
+    /// Seconds in-flight tasks get to finish on SIGTERM before they are handed back.
+    #[arg(long, env = "BGAGENT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Seconds a claim stays valid without renewal (renewed every heartbeat).
+    #[arg(long, env = "BGAGENT_LEASE_SECS", default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Seconds between heartbeats, lease renewals and paused-state reconciliation.
+    #[arg(long, env = "BGAGENT_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// Milliseconds between relay passes (publishing due, unpublished tasks).
+    #[arg(long, env = "BGAGENT_RELAY_INTERVAL_MS", default_value_t = 250)]
+    pub relay_interval_ms: u64,
+    /// First retry delay in milliseconds.
+    #[arg(long, env = "BGAGENT_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// Growth factor of the retry delay per attempt.
+    #[arg(long, env = "BGAGENT_RETRY_FACTOR", default_value_t = 2.0)]
+    pub retry_factor: f64,
+    /// Longest retry delay in seconds.
+    #[arg(long, env = "BGAGENT_RETRY_MAX_SECS", default_value_t = 300)]
+    pub retry_max_secs: u64,
+    /// Largest agent response stored as a result, in bytes.
+    #[arg(long, env = "BGAGENT_RESULT_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub result_max_bytes: usize,
+    /// Tasks whose timeout exceeds this many seconds are acknowledged at claim instead of after
+    /// their result, so they never outlive the broker's consumer timeout (30 min by default);
+    /// the lease then guards them.
+    #[arg(long, env = "BGAGENT_EARLY_ACK_SECS", default_value_t = 900)]
+    pub early_ack_secs: u64,
+    /// Worker id (default: host name, process id and a random suffix).
+    #[arg(long, env = "BGAGENT_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Omni Gateway base URL; tasks for unregistered agents go there when set.
+    #[arg(long, env = "OMNI_GATEWAY_URL")]
+    pub omni_gateway_url: Option<String>,
+    /// Omni Gateway API key.
+    #[arg(long, env = "OMNI_GATEWAY_API_KEY", hide_env_values = true)]
+    pub omni_gateway_api_key: Option<SecretString>,
+    /// File holding the Omni Gateway API key.
+    #[arg(long, env = "OMNI_GATEWAY_API_KEY_FILE")]
+    pub omni_gateway_api_key_file: Option<PathBuf>,
+}
+
+fn parse_bind(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("{e} (use host:port or off)"))
+}
+
+impl WorkerOptions {
+    /// The gateway key from `OMNI_GATEWAY_API_KEY` or its `_FILE`.
+    pub fn gateway_key(&self) -> bgagent_shared::Result<Option<SecretString>> {
+        secret_from(
+            self.omni_gateway_api_key.as_ref(),
+            self.omni_gateway_api_key_file.as_ref(),
+            "OMNI_GATEWAY_API_KEY",
+        )
+    }
+
+    /// Heartbeat period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            prefetch: 512,
+            metrics_bind: None,
+            shutdown_grace_secs: 30,
+            lease_secs: 60,
+            heartbeat_secs: 5,
+            relay_interval_ms: 250,
+            retry_base_ms: 1000,
+            retry_factor: 2.0,
+            retry_max_secs: 300,
+            result_max_bytes: 1024 * 1024,
+            early_ack_secs: 900,
+            worker_id: None,
+            omni_gateway_url: None,
+            omni_gateway_api_key: None,
+            omni_gateway_api_key_file: None,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Built-in executors for tests, demos and benchmarks: `echo`, `sleep`, `fail`.
+
+use bgagent_shared::domain::Task;
+use serde_json::json;
+use std::time::Duration;
+
+use super::{ExecResult, TaskError};
+
+/// Longest `sleep` accepted (the task timeout still applies).
+const MAX_SLEEP_MS: u64 = 86_400_000;
+
+/// Run `task` if its agent is a built-in; `None` otherwise.
+pub async fn run(task: &Task) -> Option<ExecResult> {
+    Some(match task.agent.as_str() {
+        // Returns its input.
+        "echo" => Ok(json!({"command": task.command, "meta": task.meta})),
+        "sleep" => {
+            let ms = task
+                .meta
+                .get("ms")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(100)
+                .min(MAX_SLEEP_MS);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({"slept_ms": ms}))
+        }
+        "fail" => {
+            let retryable = task
+                .meta
+                .get("retryable")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
+            let message = format!("failed on purpose: {}", task.command);
+            Err(if retryable {
+                TaskError::retryable("requested", message)
+            } else {
+                TaskError::terminal("requested", message)
+            })
+        }
+        _ => return None,
+    })
+}

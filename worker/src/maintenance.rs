@@ -1,0 +1,140 @@
+//! Periodic work: heartbeats (with lease renewal and paused-state reconciliation), the relay
+//! (the outbox publisher and scheduler) and the reaper (recovery of lost workers' tasks).
+
+use bgagent_shared::db;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::dead_letter;
+use crate::state::Shared;
+
+/// Rows published per relay transaction.
+const RELAY_BATCH: i64 = 500;
+/// Fresh enqueues are the API's to publish; the relay steps in after this long.
+const FRESH_GRACE_SECS: f64 = 5.0;
+
+/// Heartbeat, renew leases, honour missed cancels, and re-read the fleet's paused state, so a
+/// worker that missed a control message still ends up right.
+pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.options.heartbeat());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let in_flight = i32::try_from(shared.metrics.in_flight.get()).unwrap_or(i32::MAX);
+        let processed = shared.processed.load(Ordering::Relaxed);
+        if let Err(e) = db::workers::heartbeat(
+            &shared.db,
+            &shared.id,
+            shared.is_paused(),
+            in_flight,
+            processed,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        match db::runs::renew_leases(&shared.db, &shared.id, shared.options.lease_secs).await {
+            Ok(cancelled) => {
+                for task_id in cancelled {
+                    if shared.cancel_task(task_id) {
+                        tracing::info!(task_id = %task_id, "cancelling running task (flag seen at heartbeat)");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+        reconcile_paused(&shared).await;
+    }
+}
+
+/// Adopt the stored paused state.
+pub(crate) async fn reconcile_paused(shared: &Shared) {
+    match db::control::paused(&shared.db).await {
+        Ok(paused) => {
+            shared.set_paused(paused);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the paused state"),
+    }
+}
+
+/// Publish due, unpublished tasks: enqueues whose publish failed, delayed tasks, retries.
+pub(crate) async fn relay_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let interval = Duration::from_millis(shared.options.relay_interval_ms.max(10));
+    loop {
+        let published = match relay_once(&shared).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay pass failed");
+                0
+            }
+        };
+        // A full batch means more are waiting: go again at once.
+        if published < RELAY_BATCH as usize {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = stop.cancelled() => return,
+            }
+        } else if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// One relay pass; returns how many tasks it published.
+pub(crate) async fn relay_once(shared: &Shared) -> bgagent_shared::Result<usize> {
+    let mut tx = shared.db.begin().await?;
+    let due = db::runs::lock_unpublished(&mut tx, RELAY_BATCH, FRESH_GRACE_SECS).await?;
+    if due.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    // The rows stay locked until commit, so no other relay publishes them meanwhile; marking
+    // happens only for what the broker confirmed.
+    let confirmed = shared.publisher.publish_tasks(&due).await?;
+    db::runs::mark_relayed(&mut *tx, &confirmed).await?;
+    tx.commit().await?;
+    shared
+        .metrics
+        .relay_published
+        .inc_by(confirmed.len() as u64);
+    tracing::debug!(published = confirmed.len(), due = due.len(), "relay pass");
+    Ok(confirmed.len())
+}
+
+/// Recover the running tasks of workers that died or lost their lease.
+pub(crate) async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let period = shared.options.heartbeat() * 2;
+    // A worker is lost after missing several heartbeats.
+    let stale_secs = (shared.options.heartbeat_secs.max(1) * 6).max(15) as f64;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match db::runs::reap(&shared.db, stale_secs).await {
+            Ok(reaped) => {
+                for task in reaped {
+                    shared.metrics.recovered.inc();
+                    tracing::warn!(task_id = %task.task_id, agent = %task.agent, status = %task.status, "recovered task of a lost worker");
+                    if task.status == "failed" {
+                        dead_letter(
+                            &shared,
+                            task.task_id,
+                            &task.agent,
+                            task.attempts,
+                            Some("worker lost on the last attempt"),
+                        )
+                        .await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+        }
+    }
+}

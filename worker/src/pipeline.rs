@@ -1,0 +1,423 @@
+//! The path of a delivery: claim (batched) → execute (bounded concurrency) → record (batched,
+//! fenced) → ack. PostgreSQL decides who runs a task; the broker only says "look at this id".
+
+use bgagent_shared::broker::TaskMessage;
+use bgagent_shared::db;
+use bgagent_shared::db::runs::AttemptRecord;
+use bgagent_shared::domain::Task;
+use chrono::Utc;
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::executor::{ExecResult, TaskError};
+use crate::state::Shared;
+
+/// Most deliveries claimed in one statement.
+const MAX_CLAIM_BATCH: usize = 256;
+/// Most outcomes recorded in one statement.
+const MAX_RECORD_BATCH: usize = 512;
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Finished(ExecResult),
+    TimedOut(u64),
+    /// A client cancelled it.
+    Cancelled,
+    /// The worker is shutting down and the grace period ran out.
+    Interrupted,
+}
+
+/// An attempt waiting to be recorded and acknowledged.
+pub(crate) struct RecordJob {
+    task_id: Uuid,
+    attempt: i32,
+    max_attempts: i32,
+    started_at: chrono::DateTime<Utc>,
+    outcome: Outcome,
+    /// None when the delivery was acknowledged at claim (long tasks).
+    acker: Option<Acker>,
+}
+
+/// Take deliveries, claim them in batches, and start the claimed tasks.
+pub(crate) async fn claim_loop(
+    shared: Arc<Shared>,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    records: mpsc::Sender<RecordJob>,
+    stopping: CancellationToken,
+    executions: TaskTracker,
+) {
+    let mut batch = Vec::with_capacity(MAX_CLAIM_BATCH);
+    loop {
+        // Wait for room before taking deliveries: unclaimed tasks stay `queued` in PostgreSQL
+        // (and unacked at the broker) instead of piling up here.
+        let Ok(first) = shared.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let room = 1 + shared.permits.available_permits().min(MAX_CLAIM_BATCH - 1);
+        if deliveries.recv_many(&mut batch, room).await == 0 {
+            return;
+        }
+        let mut permits = vec![first];
+        for _ in 1..batch.len() {
+            match shared.permits.clone().acquire_owned().await {
+                Ok(p) => permits.push(p),
+                Err(_) => return,
+            }
+        }
+        let taken = std::mem::take(&mut batch);
+        if stopping.is_cancelled() || shared.is_paused() {
+            // Nothing new starts while stopping or paused: hand the messages back.
+            for delivery in taken {
+                requeue(&delivery.acker).await;
+            }
+            continue;
+        }
+        claim_batch(&shared, taken, permits, &records, &stopping, &executions).await;
+    }
+}
+
+async fn claim_batch(
+    shared: &Arc<Shared>,
+    deliveries: Vec<Delivery>,
+    mut permits: Vec<OwnedSemaphorePermit>,
+    records: &mpsc::Sender<RecordJob>,
+    stopping: &CancellationToken,
+    executions: &TaskTracker,
+) {
+    let mut parsed = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match serde_json::from_slice::<TaskMessage>(&delivery.data) {
+            Ok(msg) => parsed.push((msg.task_id, delivery)),
+            Err(e) => {
+                // Reject without requeue: the queue dead-letters it for an operator to inspect.
+                tracing::warn!(error = %e, "unparseable message sent to the dead queue");
+                shared
+                    .metrics
+                    .executor_errors
+                    .with_label_values(&["unparseable"])
+                    .inc();
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+            }
+        }
+    }
+    if parsed.is_empty() {
+        return;
+    }
+    let ids: Vec<Uuid> = parsed.iter().map(|(id, _)| *id).collect();
+    let claimed = loop {
+        match db::runs::claim(&shared.db, &ids, &shared.id, shared.options.lease_secs).await {
+            Ok(tasks) => break tasks,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim tasks; retrying");
+                if stopping.is_cancelled() {
+                    for (_, delivery) in parsed {
+                        requeue(&delivery.acker).await;
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut claimed: HashMap<Uuid, Task> = claimed.into_iter().map(|t| (t.id, t)).collect();
+    for (id, delivery) in parsed {
+        let Some(permit) = permits.pop() else { break };
+        match claimed.remove(&id) {
+            Some(task) => {
+                let span = tracing::info_span!("task", task_id = %task.id, agent = %task.agent, attempt = task.attempts);
+                executions.spawn(
+                    execute(
+                        shared.clone(),
+                        task,
+                        delivery.acker,
+                        permit,
+                        records.clone(),
+                    )
+                    .instrument(span),
+                );
+            }
+            // Finished, cancelled, running elsewhere or not yet due: a duplicate or stale message.
+            None => {
+                tracing::debug!(task_id = %id, "message for an unclaimable task dropped");
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+        }
+    }
+}
+
+async fn requeue(acker: &Acker) {
+    let _ = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
+
+async fn execute(
+    shared: Arc<Shared>,
+    task: Task,
+    acker: Acker,
+    permit: OwnedSemaphorePermit,
+    records: mpsc::Sender<RecordJob>,
+) {
+    let timeout_secs = u64::try_from(task.timeout_secs).unwrap_or(1).max(1);
+    // Long tasks would outlive the broker's consumer timeout; ack now and let the lease guard them.
+    let acker = if timeout_secs > shared.options.early_ack_secs {
+        let _ = acker.ack(BasicAckOptions::default()).await;
+        None
+    } else {
+        Some(acker)
+    };
+    let token = shared.interrupt.child_token();
+    if let Ok(mut running) = shared.running.lock() {
+        running.insert(task.id, token.clone());
+    }
+    shared.metrics.in_flight.inc();
+    let started_at = Utc::now();
+    let wait = (started_at - task.run_at).to_std().unwrap_or_default();
+    shared
+        .metrics
+        .queue_wait_seconds
+        .with_label_values(&[task.agent.as_str()])
+        .observe(wait.as_secs_f64());
+    let clock = Instant::now();
+    let outcome = tokio::select! {
+        result = tokio::time::timeout(
+            Duration::from_secs(timeout_secs),
+            shared.executors.run(&task, task.attempts),
+        ) => match result {
+            Ok(result) => Outcome::Finished(result),
+            Err(_) => Outcome::TimedOut(timeout_secs),
+        },
+        () = token.cancelled() => if shared.interrupt.is_cancelled() {
+            Outcome::Interrupted
+        } else {
+            Outcome::Cancelled
+        },
+    };
+    if let Ok(mut running) = shared.running.lock() {
+        running.remove(&task.id);
+    }
+    shared.metrics.in_flight.dec();
+    shared
+        .metrics
+        .run_seconds
+        .with_label_values(&[task.agent.as_str()])
+        .observe(clock.elapsed().as_secs_f64());
+    if let Outcome::Finished(Err(e)) = &outcome {
+        shared
+            .metrics
+            .executor_errors
+            .with_label_values(&[e.kind()])
+            .inc();
+        tracing::info!(error = e.message(), "attempt failed");
+    }
+    drop(permit);
+    let job = RecordJob {
+        task_id: task.id,
+        attempt: task.attempts,
+        max_attempts: task.max_attempts,
+        started_at,
+        outcome,
+        acker,
+    };
+    if records.send(job).await.is_err() {
+        tracing::error!(task_id = %task.id, "record loop gone; the lease will recover the task");
+    }
+}
+
+/// Turn an outcome into the row update that records it.
+fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
+    let base = AttemptRecord {
+        task_id: job.task_id,
+        attempt: job.attempt,
+        status: "failed",
+        outcome: "failed",
+        result: None,
+        error: None,
+        retry_delay_secs: 0.0,
+        started_at: job.started_at,
+    };
+    let retry = |outcome: &'static str, message: String, retry_after: Option<Duration>| {
+        if job.attempt < job.max_attempts {
+            let delay = retry_after.unwrap_or_else(|| shared.backoff.delay(job.attempt));
+            AttemptRecord {
+                status: "queued",
+                outcome,
+                error: Some(message),
+                retry_delay_secs: delay.as_secs_f64(),
+                ..base.clone()
+            }
+        } else {
+            AttemptRecord {
+                // The last attempt's record says how it ended, not that a retry follows.
+                outcome: if outcome == "retry" {
+                    "failed"
+                } else {
+                    outcome
+                },
+                error: Some(format!(
+                    "{message} (attempt {} of {}, no attempts left)",
+                    job.attempt, job.max_attempts
+                )),
+                ..base.clone()
+            }
+        }
+    };
+    Some(match &job.outcome {
+        Outcome::Finished(Ok(result)) => AttemptRecord {
+            status: "succeeded",
+            outcome: "succeeded",
+            result: Some(result.clone()),
+            ..base
+        },
+        Outcome::Finished(Err(TaskError::Retryable {
+            message,
+            retry_after,
+            ..
+        })) => retry("retry", message.clone(), *retry_after),
+        Outcome::Finished(Err(TaskError::Terminal { message, .. })) => AttemptRecord {
+            error: Some(message.clone()),
+            ..base
+        },
+        Outcome::TimedOut(secs) => retry("timeout", format!("timed out after {secs} s"), None),
+        Outcome::Cancelled => AttemptRecord {
+            status: "cancelled",
+            outcome: "cancelled",
+            error: Some("cancelled by request".into()),
+            ..base
+        },
+        Outcome::Interrupted => return None,
+    })
+}
+
+/// Record outcomes in batches, then acknowledge their deliveries. A database outage is ridden
+/// out: nothing is acked before its outcome is stored. Past `abandon`, unrecorded jobs are left
+/// unacked for the broker and the lease to recover.
+pub(crate) async fn record_loop(
+    shared: Arc<Shared>,
+    mut jobs: mpsc::Receiver<RecordJob>,
+    abandon: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
+    while jobs.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
+        let taken = std::mem::take(&mut batch);
+        if !store(&shared, &taken, &abandon).await {
+            tracing::error!(
+                tasks = taken.len(),
+                "outcomes not recorded before shutdown; leases will recover them"
+            );
+            continue;
+        }
+        for job in taken {
+            if let Some(acker) = job.acker {
+                let _ = acker.ack(BasicAckOptions::default()).await;
+            }
+        }
+    }
+}
+
+async fn store(shared: &Shared, jobs: &[RecordJob], abandon: &CancellationToken) -> bool {
+    let records: Vec<AttemptRecord> = jobs.iter().filter_map(|j| to_record(j, shared)).collect();
+    let released: Vec<(Uuid, i32)> = jobs
+        .iter()
+        .filter(|j| matches!(j.outcome, Outcome::Interrupted))
+        .map(|j| (j.task_id, j.attempt))
+        .collect();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = async {
+            let recorded = if records.is_empty() {
+                Vec::new()
+            } else {
+                db::runs::record(&shared.db, &shared.id, &records).await?
+            };
+            if !released.is_empty() {
+                db::runs::release(&shared.db, &shared.id, &released).await?;
+            }
+            Ok::<_, bgagent_shared::Error>(recorded)
+        }
+        .await;
+        match result {
+            Ok(recorded) => {
+                after_record(shared, recorded).await;
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record outcomes; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = abandon.cancelled() => return false,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn after_record(shared: &Shared, recorded: Vec<db::runs::Recorded>) {
+    shared
+        .processed
+        .fetch_add(recorded.len() as i64, Ordering::Relaxed);
+    for row in recorded {
+        shared
+            .metrics
+            .processed
+            .with_label_values(&[row.agent.as_str(), row.outcome.as_str()])
+            .inc();
+        tracing::debug!(task_id = %row.task_id, agent = %row.agent, status = %row.status, outcome = %row.outcome, "attempt recorded");
+        if row.status == "failed" {
+            dead_letter(
+                shared,
+                row.task_id,
+                &row.agent,
+                row.attempt,
+                row.error.as_deref(),
+            )
+            .await;
+        }
+    }
+}
+
+/// Put a copy of a terminally failed task on the dead queue for operators.
+pub(crate) async fn dead_letter(
+    shared: &Shared,
+    task_id: Uuid,
+    agent: &str,
+    attempts: i32,
+    error: Option<&str>,
+) {
+    let error = error.unwrap_or("failed");
+    let body = json!({"task_id": task_id, "agent": agent, "attempts": attempts, "error": error});
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "task_id".into(),
+        AMQPValue::LongString(task_id.to_string().as_str().into()),
+    );
+    headers.insert("x-error".into(), AMQPValue::LongString(error.into()));
+    headers.insert("x-attempts".into(), AMQPValue::LongInt(attempts));
+    if let Err(e) = shared
+        .publisher
+        .publish_dead(body.to_string().as_bytes(), headers)
+        .await
+    {
+        tracing::warn!(task_id = %task_id, error = %e, "cannot copy the failed task to the dead queue");
+    }
+}

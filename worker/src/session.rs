@@ -1,0 +1,222 @@
+//! The broker side of a worker: one named connection with a task consumer (cancelled while the
+//! fleet is paused) and a control listener, reconnected with back-off when the broker goes away.
+
+use bgagent_shared::broker::{self, ControlMessage};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Shared;
+
+/// Why a session ended.
+enum Ended {
+    /// Shutdown: the consumer is cancelled; the connection stays open for the last acks.
+    Stopping,
+    /// The connection or channel failed.
+    Lost(String),
+}
+
+/// Keep a broker session up until `stopping`; returns the open connection (if any) so the caller
+/// can finish acknowledging before it closes it.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    deliveries: mpsc::Sender<lapin::message::Delivery>,
+    stopping: CancellationToken,
+) -> Option<Connection> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if stopping.is_cancelled() {
+            return None;
+        }
+        match open(&shared).await {
+            Ok((conn, channel)) => {
+                backoff = Duration::from_millis(250);
+                shared.connected.store(true, Ordering::Relaxed);
+                let control = match conn.create_channel().await {
+                    Ok(ch) => Some(tokio::spawn(control_listener(shared.clone(), ch))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the control channel");
+                        None
+                    }
+                };
+                let ended = consume(&shared, &channel, &deliveries, &stopping).await;
+                if let Some(control) = control {
+                    control.abort();
+                }
+                shared.connected.store(false, Ordering::Relaxed);
+                match ended {
+                    Ended::Stopping => return Some(conn),
+                    Ended::Lost(reason) => {
+                        tracing::warn!(reason, "broker session lost; reconnecting");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to the broker; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopping.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn open(shared: &Shared) -> bgagent_shared::Result<(Connection, Channel)> {
+    let conn = broker::connect(&shared.amqp_url, &format!("bgagent-worker@{}", shared.id)).await?;
+    let channel = conn.create_channel().await?;
+    broker::declare(&channel, &shared.topology).await?;
+    channel
+        .basic_qos(shared.options.prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    tracing::info!(worker_id = %shared.id, "broker session open");
+    Ok((conn, channel))
+}
+
+/// Consume while not paused; cancel the consumer when paused and start a new one when resumed.
+async fn consume(
+    shared: &Shared,
+    channel: &Channel,
+    deliveries: &mpsc::Sender<lapin::message::Delivery>,
+    stopping: &CancellationToken,
+) -> Ended {
+    let mut paused = shared.paused.subscribe();
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut generation = 0u64;
+    loop {
+        // Paused: no consumer at all, so the broker sends nothing.
+        while *paused.borrow_and_update() {
+            tokio::select! {
+                _ = paused.changed() => {}
+                () = stopping.cancelled() => return Ended::Stopping,
+                _ = health.tick() => if !channel.status().connected() {
+                    return Ended::Lost("channel closed while paused".into());
+                },
+            }
+        }
+        generation += 1;
+        // The tag names the worker, so the management UI shows who consumes.
+        let tag = format!("bgagent-worker@{}#{generation}", shared.id);
+        let mut consumer = match channel
+            .basic_consume(
+                shared.topology.tasks_queue().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return Ended::Lost(format!("basic.consume: {e}")),
+        };
+        tracing::info!(consumer = %tag, "consuming tasks");
+        let stop_reason = loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        if deliveries.send(delivery).await.is_err() {
+                            return Ended::Stopping;
+                        }
+                    }
+                    Some(Err(e)) => return Ended::Lost(format!("consumer: {e}")),
+                    None => return Ended::Lost("consumer cancelled by the broker".into()),
+                },
+                _ = paused.changed() => if *paused.borrow() { break None },
+                () = stopping.cancelled() => break Some(Ended::Stopping),
+            }
+        };
+        // Stop the flow, then hand back whatever the broker had already pushed to us.
+        if let Err(e) = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            return Ended::Lost(format!("basic.cancel: {e}"));
+        }
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+        {
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        tracing::info!(consumer = %tag, "consumer cancelled");
+        if let Some(ended) = stop_reason {
+            return ended;
+        }
+    }
+}
+
+/// Listen on this worker's own queue bound to the control fanout exchange.
+async fn control_listener(shared: Arc<Shared>, channel: Channel) {
+    if let Err(e) = listen(&shared, &channel).await {
+        tracing::warn!(error = %e, "control listener stopped; paused state is still reconciled");
+    }
+}
+
+async fn listen(shared: &Shared, channel: &Channel) -> bgagent_shared::Result<()> {
+    let queue = shared.topology.control_queue(&shared.id);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            shared.topology.control_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            format!("bgagent-worker@{}/control", shared.id)
+                .as_str()
+                .into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        match serde_json::from_slice::<ControlMessage>(&delivery.data) {
+            Ok(ControlMessage::Stop) => {
+                shared.set_paused(true);
+            }
+            Ok(ControlMessage::Start) => {
+                shared.set_paused(false);
+            }
+            Ok(ControlMessage::Cancel { task_id, worker_id }) => {
+                let for_us = worker_id.as_deref().is_none_or(|w| w == shared.id);
+                if for_us && shared.cancel_task(task_id) {
+                    tracing::info!(task_id = %task_id, "cancelling running task");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring malformed control message"),
+        }
+    }
+    Ok(())
+}

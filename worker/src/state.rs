@@ -1,0 +1,77 @@
+//! State shared by a worker's loops.
+
+use bgagent_shared::broker::{Publisher, Topology};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::config::WorkerOptions;
+use crate::executor::Executors;
+use crate::metrics::WorkerMetrics;
+
+/// Everything the loops of one worker share.
+pub(crate) struct Shared {
+    pub id: String,
+    pub options: WorkerOptions,
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub db: PgPool,
+    pub publisher: Publisher,
+    pub executors: Executors,
+    pub metrics: Arc<WorkerMetrics>,
+    pub backoff: Backoff,
+    /// Cancellation handle of every running task, for `cancel` control messages.
+    pub running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Attempts finished since start (heartbeat).
+    pub processed: AtomicI64,
+    /// The fleet's paused state as this worker knows it.
+    pub paused: watch::Sender<bool>,
+    /// Fired when the shutdown grace is over: in-flight tasks are aborted and handed back.
+    pub interrupt: CancellationToken,
+    /// Bounds the tasks running at once.
+    pub permits: Arc<Semaphore>,
+    /// True while a broker session is up (`/ready`).
+    pub connected: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Store a paused state; true when it changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let changed = self.paused.send_if_modified(|p| {
+            let changed = *p != paused;
+            *p = paused;
+            changed
+        });
+        if changed {
+            tracing::info!(worker_id = %self.id, paused, "paused state changed");
+        }
+        self.metrics.paused.set(i64::from(paused));
+        changed
+    }
+
+    /// Whether the fleet is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Cancel a running task held by this worker; false when it does not run here.
+    pub fn cancel_task(&self, task_id: Uuid) -> bool {
+        let token = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|running| running.get(&task_id).cloned());
+        match token {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
