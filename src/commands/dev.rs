@@ -16,6 +16,9 @@ pub struct DevArgs {
     api: ApiConfig,
     #[command(flatten)]
     worker: WorkerOptions,
+    /// Drop the database and delete this prefix's exchanges and queues on exit (tests, demos).
+    #[arg(long)]
+    ephemeral: bool,
     /// Workers to run in this process.
     #[arg(long, env = "BGAGENT_DEV_WORKERS", default_value_t = 1)]
     workers: usize,
@@ -85,6 +88,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             failure.get_or_insert(e);
         }
     }
+    if args.ephemeral {
+        teardown(&config)
+            .await
+            .context("cannot remove the ephemeral database and broker objects")?;
+    }
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(()),
@@ -95,4 +103,28 @@ fn random_key() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Remove what an ephemeral run created: its database and its prefix's exchanges and queues.
+async fn teardown(config: &ApiConfig) -> anyhow::Result<()> {
+    let topology = bgagent_shared::broker::Topology::new(
+        &config.broker.broker_prefix,
+        config.broker.delivery_limit,
+    );
+    let conn = bgagent_shared::broker::connect(config.broker.url()?, "bgagent-dev-teardown").await?;
+    let channel = conn.create_channel().await?;
+    for queue in topology.queues() {
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+    }
+    for exchange in topology.exchanges() {
+        channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    db::drop_database(config.database.url()?).await?;
+    println!("ephemeral run: database and broker objects removed");
+    Ok(())
 }
