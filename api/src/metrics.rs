@@ -69,6 +69,9 @@ impl Metrics {
             "bgagent_workers_live",
             "Workers that sent a heartbeat in the last 30 seconds",
         )?;
+        // Zero-valued series exist from the start, so rate() and alerts see them before the
+        // first failure.
+        publish_failures.with_label_values(&["unconfirmed"]);
         registry.register(Box::new(queue_messages.clone()))?;
         registry.register(Box::new(fleet_paused.clone()))?;
         registry.register(Box::new(workers_live.clone()))?;

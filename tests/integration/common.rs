@@ -201,10 +201,12 @@ impl TestEnv {
         };
         let worker = Worker::build(&config).await.expect("build a worker");
         let id = worker.id().to_owned();
+        let metrics_addr = worker.metrics_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         TestWorker {
             id,
+            metrics_addr,
             shutdown,
             handle: Some(handle),
         }
@@ -439,6 +441,7 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
 /// An in-process worker, stopped (cleanly) on drop or with [`TestWorker::stop`].
 pub struct TestWorker {
     pub id: String,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<Result<(), bgagent_shared::Error>>>,
 }

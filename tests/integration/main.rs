@@ -7,4 +7,5 @@
 mod api;
 mod common;
 mod fake_agent;
+mod metrics;
 mod worker;
