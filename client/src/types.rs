@@ -1,0 +1,175 @@
+//! Request options and the answer envelopes of the API. The domain types themselves (`Task`,
+//! `Attempt`, `Agent`, `WorkerInfo`, `EnqueueRequest`) come from `bgagent-shared`.
+
+use bgagent_shared::domain::{Attempt, Task, TaskStatus};
+use serde::{Deserialize, Serialize};
+
+/// Answer of [`Client::enqueue`](crate::Client::enqueue).
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    /// The task (new, or the existing one with the same idempotency key).
+    pub task: Task,
+    /// True when a task was created (HTTP 202); false when the idempotency key already existed
+    /// and the existing task was returned (HTTP 200).
+    pub created: bool,
+}
+
+/// Answer of [`Client::cancel_task`](crate::Client::cancel_task).
+#[derive(Clone, Debug)]
+pub struct Cancellation {
+    /// The task after the request.
+    pub task: Task,
+    /// False when the task was queued and is now `cancelled` (HTTP 200); true when it was running
+    /// and its worker was asked to stop it (HTTP 202): poll it, or [`wait`](crate::Client::wait).
+    pub pending: bool,
+}
+
+/// Filters and paging of [`Client::list_tasks`](crate::Client::list_tasks).
+#[derive(Clone, Debug, Default)]
+pub struct TaskQuery {
+    /// Only tasks with this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this agent.
+    pub agent: Option<String>,
+    /// Page size, 1-500 (the API's default is 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl TaskQuery {
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        if let Some(status) = self.status {
+            pairs.push(("status", status.as_str().to_owned()));
+        }
+        if let Some(agent) = &self.agent {
+            pairs.push(("agent", agent.clone()));
+        }
+        pairs.extend(
+            PageQuery {
+                limit: self.limit,
+                cursor: self.cursor.clone(),
+            }
+            .pairs(),
+        );
+        pairs
+    }
+}
+
+/// Paging of [`Client::processed`](crate::Client::processed).
+#[derive(Clone, Debug, Default)]
+pub struct PageQuery {
+    /// Page size, 1-500 (the API's default is 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        if let Some(limit) = self.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &self.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        pairs
+    }
+}
+
+/// A page of tasks (`GET /tasks`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// Tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Pass as the cursor of the next request; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A page of attempt records (`GET /processed`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttemptPage {
+    /// Attempts, newest first.
+    pub processed: Vec<Attempt>,
+    /// Pass as the cursor of the next request; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The fleet's paused state (`POST /stop`, `POST /start`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedState {
+    /// True while workers take no new tasks.
+    pub paused: bool,
+    /// Whether the control message reached the broker (workers re-read the stored state every
+    /// few seconds, so false only delays the change).
+    pub broadcast: bool,
+}
+
+/// Answer of `POST /agents/unregister`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unregistered {
+    /// The agent.
+    pub name: String,
+    /// Always true.
+    pub unregistered: bool,
+}
+
+/// Answer of `GET /health`: liveness and a summary of the system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` when every dependency answers, else `degraded`.
+    pub status: String,
+    /// PostgreSQL answered.
+    #[serde(default)]
+    pub db_ok: bool,
+    /// RabbitMQ answered.
+    #[serde(default)]
+    pub broker_ok: bool,
+    /// The fleet's paused state (absent when the database is down).
+    #[serde(default)]
+    pub paused: Option<bool>,
+    /// Workers heart-beating in the last 30 s (absent when the database is down).
+    #[serde(default)]
+    pub workers: Option<i64>,
+}
+
+/// `{"agents": [...]}`
+#[derive(Deserialize)]
+pub(crate) struct AgentList {
+    pub agents: Vec<bgagent_shared::domain::Agent>,
+}
+
+/// `{"workers": [...]}`
+#[derive(Deserialize)]
+pub(crate) struct WorkerList {
+    pub workers: Vec<bgagent_shared::domain::WorkerInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_carry_only_what_is_set() {
+        assert!(TaskQuery::default().pairs().is_empty());
+        let query = TaskQuery {
+            status: Some(TaskStatus::Failed),
+            agent: Some("echo".into()),
+            limit: Some(5),
+            cursor: Some("c".into()),
+        };
+        assert_eq!(
+            query.pairs(),
+            vec![
+                ("status", "failed".to_owned()),
+                ("agent", "echo".to_owned()),
+                ("limit", "5".to_owned()),
+                ("cursor", "c".to_owned()),
+            ]
+        );
+    }
+}
