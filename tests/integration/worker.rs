@@ -99,7 +99,10 @@ async fn echo_sleep_and_missing_routes() {
 async fn failures_retry_with_growing_delays_then_dead_letter() {
     let env = TestEnv::new().await;
     let api = env.spawn_api().await;
-    let _worker = env.spawn_worker(env.worker_options()).await;
+    // Base 200 ms keeps each step of growth well above the relay's 50 ms polling jitter.
+    let mut options = env.worker_options();
+    options.retry_base_ms = 200;
+    let _worker = env.spawn_worker(options).await;
 
     let task = api
         .enqueue(&json!({"agent": "fail", "command": "boom", "max_attempts": 4}))
@@ -125,12 +128,12 @@ async fn failures_retry_with_growing_delays_then_dead_letter() {
         ["retry", "retry", "retry", "failed"],
         "exactly max_attempts attempts"
     );
-    // Base 100 ms, factor 2, 75-100 % jitter: gaps of >= 75, 150, 300 ms, each longer than the last.
+    // Factor 2 with 75-100 % jitter: gaps of >= 150, 300, 600 ms, each longer than the last.
     let gaps: Vec<i64> = attempts
         .windows(2)
         .map(|w| (w[1].3 - w[0].3).num_milliseconds())
         .collect();
-    assert!(gaps[0] >= 75, "{gaps:?}");
+    assert!(gaps[0] >= 150 && gaps[2] >= 600, "{gaps:?}");
     assert!(
         gaps[1] > gaps[0] && gaps[2] > gaps[1],
         "delays grow: {gaps:?}"
@@ -636,4 +639,46 @@ async fn sigterm_during_work_leaves_nothing_running() {
             .await
             .unwrap();
     assert_eq!(succeeded, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_past_the_delivery_limit_fails_its_task() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    // Paused: the worker consumes no tasks, but still watches the dead-letter events.
+    api.post("/stop", &json!({})).await;
+    let _worker = env.spawn_worker(env.worker_options()).await;
+    let task = api.enqueue(&json!({"agent": "echo", "command": "poison"})).await;
+
+    // Play a consumer that crashes before acknowledging, again and again.
+    let conn = env.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut deliveries = 0;
+    for _ in 0..100 {
+        match ch
+            .basic_get(env.topology().tasks_queue().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+        {
+            Some(m) => {
+                deliveries += 1;
+                m.delivery
+                    .acker
+                    .nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() })
+                    .await
+                    .unwrap();
+            }
+            None if deliveries > 0 => break,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(deliveries > 1 && deliveries <= 22, "the broker stops redelivering at the limit: {deliveries}");
+    let done = env.wait_task(id_of(&task), WAIT, |t| t.status.is_terminal()).await;
+    assert_eq!(done.status, TaskStatus::Failed);
+    let error = done.last_error.unwrap();
+    assert!(error.contains("dead-lettered") && error.contains("delivery_limit"), "{error}");
+    // The operator's copy is on the dead queue.
+    let dead = dead_messages(&env).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(serde_json::from_slice::<Value>(&dead[0].delivery.data).unwrap()["task_id"], task["id"]);
 }

@@ -6,6 +6,7 @@ use bgagent_shared::db;
 use bgagent_shared::db::runs::AttemptRecord;
 use bgagent_shared::domain::Task;
 use chrono::Utc;
+use futures_util::FutureExt;
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -198,12 +199,14 @@ async fn execute(
         .with_label_values(&[task.agent.as_str()])
         .observe(wait.as_secs_f64());
     let clock = Instant::now();
+    // A panicking executor must not leave its task `running` under a lease renewed forever:
+    // it counts as a retryable failure.
+    let run =
+        std::panic::AssertUnwindSafe(shared.executors.run(&task, task.attempts)).catch_unwind();
     let outcome = tokio::select! {
-        result = tokio::time::timeout(
-            Duration::from_secs(timeout_secs),
-            shared.executors.run(&task, task.attempts),
-        ) => match result {
-            Ok(result) => Outcome::Finished(result),
+        result = tokio::time::timeout(Duration::from_secs(timeout_secs), run) => match result {
+            Ok(Ok(result)) => Outcome::Finished(result),
+            Ok(Err(_)) => Outcome::Finished(Err(TaskError::retryable("panic", "executor panicked"))),
             Err(_) => Outcome::TimedOut(timeout_secs),
         },
         () = token.cancelled() => if shared.interrupt.is_cancelled() {

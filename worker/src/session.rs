@@ -1,12 +1,14 @@
 //! The broker side of a worker: one named connection with a task consumer (cancelled while the
 //! fleet is paused) and a control listener, reconnected with back-off when the broker goes away.
 
-use bgagent_shared::broker::{self, ControlMessage};
+use bgagent_shared::broker::{self, ControlMessage, TaskMessage};
+use bgagent_shared::db;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::types::AMQPValue;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use std::sync::Arc;
@@ -48,9 +50,16 @@ pub(crate) async fn run(
                         None
                     }
                 };
+                let dead_events = match conn.create_channel().await {
+                    Ok(ch) => Some(tokio::spawn(dead_event_listener(shared.clone(), ch))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the dead-letter channel");
+                        None
+                    }
+                };
                 let ended = consume(&shared, &channel, &deliveries, &stopping).await;
-                if let Some(control) = control {
-                    control.abort();
+                for listener in [control, dead_events].into_iter().flatten() {
+                    listener.abort();
                 }
                 shared.connected.store(false, Ordering::Relaxed);
                 match ended {
@@ -217,6 +226,64 @@ async fn listen(shared: &Shared, channel: &Channel) -> bgagent_shared::Result<()
             }
             Err(e) => tracing::warn!(error = %e, "ignoring malformed control message"),
         }
+    }
+    Ok(())
+}
+
+/// Watch the dead-letter events queue: a task message the broker dead-lettered (past the quorum
+/// queue's delivery limit) fails its task with a clear error instead of leaving it to loop.
+async fn dead_event_listener(shared: Arc<Shared>, channel: Channel) {
+    if let Err(e) = watch_dead_letters(&shared, &channel).await {
+        tracing::warn!(error = %e, "dead-letter listener stopped");
+    }
+}
+
+async fn watch_dead_letters(shared: &Shared, channel: &Channel) -> bgagent_shared::Result<()> {
+    channel.basic_qos(16, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            shared.topology.dead_events_queue().into(),
+            format!("bgagent-worker@{}/dead", shared.id).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        // Only the broker's own dead-lettering adds x-death; copies the workers publish for
+        // tasks they already failed do not, and neither do they need handling.
+        let reason = delivery.properties.headers().as_ref().and_then(|h| {
+            let inner = h.inner();
+            inner.get("x-death")?;
+            Some(match inner.get("x-first-death-reason") {
+                Some(AMQPValue::LongString(r)) => r.to_string(),
+                _ => "dead-lettered".to_owned(),
+            })
+        });
+        if let (Some(reason), Ok(msg)) = (
+            reason,
+            serde_json::from_slice::<TaskMessage>(&delivery.data),
+        ) {
+            loop {
+                match db::runs::fail_dead_lettered(&shared.db, msg.task_id, &reason).await {
+                    Ok(Some((agent, attempts))) => {
+                        tracing::warn!(task_id = %msg.task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
+                        shared
+                            .metrics
+                            .processed
+                            .with_label_values(&[agent.as_str(), "failed"])
+                            .inc();
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot fail a dead-lettered task; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
     }
     Ok(())
 }

@@ -48,6 +48,13 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Second queue on the dead-letter exchange, consumed by workers: a task whose message the
+    /// broker dead-letters (delivery limit) is marked failed. The dead queue keeps the copy for
+    /// operators.
+    pub fn dead_events_queue(&self) -> String {
+        format!("{}.dead.events", self.prefix)
+    }
+
     /// Fanout exchange of control messages.
     pub fn control_exchange(&self) -> String {
         format!("{}.control", self.prefix)
@@ -68,8 +75,12 @@ impl Topology {
     }
 
     /// Every shared queue, for clean-up.
-    pub fn queues(&self) -> [String; 2] {
-        [self.tasks_queue(), self.dead_queue()]
+    pub fn queues(&self) -> [String; 3] {
+        [
+            self.tasks_queue(),
+            self.dead_queue(),
+            self.dead_events_queue(),
+        ]
     }
 }
 
@@ -105,19 +116,21 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
             FieldTable::default(),
         )
         .await?;
-    let (options, args) = quorum_queue();
-    channel
-        .queue_declare(topology.dead_queue().into(), options, args)
-        .await?;
-    channel
-        .queue_bind(
-            topology.dead_queue().into(),
-            dlx.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for queue in [topology.dead_queue(), topology.dead_events_queue()] {
+        let (options, args) = quorum_queue();
+        channel
+            .queue_declare(queue.as_str().into(), options, args)
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
 
     channel
         .exchange_declare(

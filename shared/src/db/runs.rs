@@ -268,3 +268,24 @@ pub async fn reap(db: impl PgExecutor<'_>, stale_worker_secs: f64) -> Result<Vec
     .fetch_all(db)
     .await?)
 }
+
+/// Fail a task whose message the broker dead-lettered (delivered too often without completing).
+/// Returns its agent and attempts when the task changed.
+pub async fn fail_dead_lettered(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<(String, i32)>> {
+    Ok(sqlx::query_as(
+        "update tasks set status = 'failed', finished_at = now(), lease_until = null,
+                updated_at = now(),
+                last_error = 'message dead-lettered by the broker (' || $2 || '): it was \
+                              delivered too many times without completing'
+         where id = $1 and status in ('queued', 'running')
+         returning agent, attempts",
+    )
+    .bind(id)
+    .bind(reason)
+    .fetch_optional(db)
+    .await?)
+}
