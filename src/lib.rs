@@ -1,6 +1,11 @@
-//! The `bgagent` command line. Each subcommand lives in its own module under `commands`.
+//! The `bgagent` command line. Each subcommand lives in its own module under `commands`; the
+//! client commands share `connection` (URL, key, `--json`), `output` (tables) and `exit` (exit
+//! codes that tell failure kinds apart).
 
 mod commands;
+mod connection;
+mod exit;
+mod output;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -10,11 +15,14 @@ use std::process::ExitCode;
 #[command(
     name = "bgagent",
     version,
-    about = "Background Agent: durable tasks for AI agents"
+    about = "Background Agent: durable tasks for AI agents",
+    after_help = exit::HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: connection::ClientOptions,
 }
 
 #[derive(Subcommand)]
@@ -27,6 +35,24 @@ enum Command {
     Api(commands::run::ApiArgs),
     /// Run a worker (same as `bgagent-worker`).
     Worker(commands::run::WorkerArgs),
+    /// Submit a task.
+    Enqueue(commands::enqueue::EnqueueArgs),
+    /// List, show, cancel and watch tasks.
+    Tasks(commands::tasks::TasksArgs),
+    /// List attempt records, newest first.
+    Processed(commands::processed::ProcessedArgs),
+    /// Pause the worker fleet (in-flight tasks finish, no new ones start).
+    Stop,
+    /// Resume the worker fleet.
+    Start,
+    /// Register, unregister and list agents.
+    Agents(commands::agents::AgentsArgs),
+    /// List worker processes from their heartbeats.
+    Workers,
+    /// Check that the server answers /health (exit 0 only on 200).
+    Health(commands::health::HealthArgs),
+    /// Print a shell completion script.
+    Completions(commands::completions::CompletionsArgs),
 }
 
 /// Parse arguments, run the command, and map failures to exit codes.
@@ -37,12 +63,23 @@ pub async fn run() -> ExitCode {
         Command::Migrate(args) => commands::migrate::run(args).await,
         Command::Api(args) => commands::run::api(args).await,
         Command::Worker(args) => commands::run::worker(args).await,
+        Command::Enqueue(args) => commands::enqueue::run(args, &cli.client).await,
+        Command::Tasks(args) => commands::tasks::run(args, &cli.client).await,
+        Command::Processed(args) => commands::processed::run(args, &cli.client).await,
+        Command::Stop => commands::control::run(true, &cli.client).await,
+        Command::Start => commands::control::run(false, &cli.client).await,
+        Command::Agents(args) => commands::agents::run(args, &cli.client).await,
+        Command::Workers => commands::workers::run(&cli.client).await,
+        Command::Health(args) => commands::health::run(args, &cli.client).await,
+        Command::Completions(args) => commands::completions::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Client commands exit with a code per failure kind (see `exit`); the services'
+            // failures (dev, migrate, api, worker) are all 1.
+            exit::report(&e);
+            ExitCode::from(exit::code(&e))
         }
     }
 }

@@ -8,7 +8,8 @@ use uuid::Uuid;
 /// Everything a call can fail with.
 ///
 /// [`Error::Api`] carries what the API said (`{"error":{"code","message","field"}}`) and the HTTP
-/// status; the other variants describe failures before an answer arrived.
+/// status; the other variants describe failures before an answer arrived. Transport variants keep
+/// reqwest's error as their [`source`](std::error::Error::source) rather than in their message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -26,7 +27,7 @@ pub enum Error {
         field: Option<String>,
     },
     /// No connection could be made (refused, DNS failure, TLS handshake): nothing was sent.
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}")]
     Connect {
         /// The URL requested.
         url: String,
@@ -44,7 +45,7 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// Any other transport failure (connection reset mid-request, unreadable body).
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed")]
     Transport {
         /// The URL requested.
         url: String,
