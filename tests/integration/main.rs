@@ -9,4 +9,5 @@ mod cli;
 mod common;
 mod fake_agent;
 mod metrics;
+mod recovery;
 mod worker;

@@ -82,6 +82,7 @@ impl Worker {
             metrics,
             backoff,
             running: Default::default(),
+            held: Default::default(),
             processed: AtomicI64::new(0),
             paused,
             interrupt: CancellationToken::new(),

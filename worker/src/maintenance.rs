@@ -38,7 +38,9 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
             tracing::warn!(error = %e, "heartbeat failed");
             continue;
         }
-        match db::runs::renew_leases(&shared.db, &shared.id, shared.options.lease_secs).await {
+        let held = shared.held();
+        match db::runs::renew_leases(&shared.db, &shared.id, shared.options.lease_secs, &held).await
+        {
             Ok(cancelled) => {
                 for task_id in cancelled {
                     if shared.cancel_task(task_id) {

@@ -136,6 +136,7 @@ async fn claim_batch(
             }
         }
     };
+    shared.hold(claimed.iter().map(|t| (t.id, t.attempts)));
     let mut claimed: HashMap<Uuid, Task> = claimed.into_iter().map(|t| (t.id, t)).collect();
     for (id, delivery) in parsed {
         let Some(permit) = permits.pop() else { break };
@@ -242,6 +243,7 @@ async fn execute(
         acker,
     };
     if records.send(job).await.is_err() {
+        shared.unhold([(task.id, task.attempts)]);
         tracing::error!(task_id = %task.id, "record loop gone; the lease will recover the task");
     }
 }
@@ -322,7 +324,10 @@ pub(crate) async fn record_loop(
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
     while jobs.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
         let taken = std::mem::take(&mut batch);
-        if !store(&shared, &taken, &abandon).await {
+        let stored = store(&shared, &taken, &abandon).await;
+        // Recorded, or left to the lease: either way this process stops renewing them.
+        shared.unhold(taken.iter().map(|j| (j.task_id, j.attempt)));
+        if !stored {
             tracing::error!(
                 tasks = taken.len(),
                 "outcomes not recorded before shutdown; leases will recover them"

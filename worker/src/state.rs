@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub backoff: Backoff,
     /// Cancellation handle of every running task, for `cancel` control messages.
     pub running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Tasks this process claimed and has not recorded (or handed back) yet, with the claimed
+    /// attempt: the leases the heartbeat renews.
+    pub held: Mutex<HashMap<Uuid, i32>>,
     /// Attempts finished since start (heartbeat).
     pub processed: AtomicI64,
     /// The fleet's paused state as this worker knows it.
@@ -52,6 +55,33 @@ impl Shared {
         }
         self.metrics.paused.set(i64::from(paused));
         changed
+    }
+
+    /// Remember attempts just claimed, so their leases are renewed until they are recorded.
+    pub fn hold(&self, attempts: impl IntoIterator<Item = (Uuid, i32)>) {
+        if let Ok(mut held) = self.held.lock() {
+            held.extend(attempts);
+        }
+    }
+
+    /// Forget attempts whose outcome is recorded (or left to the lease). A later attempt of the
+    /// same task, claimed again meanwhile, stays held.
+    pub fn unhold(&self, attempts: impl IntoIterator<Item = (Uuid, i32)>) {
+        if let Ok(mut held) = self.held.lock() {
+            for (id, attempt) in attempts {
+                if held.get(&id) == Some(&attempt) {
+                    held.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The tasks held now.
+    pub fn held(&self) -> Vec<Uuid> {
+        self.held
+            .lock()
+            .map(|held| held.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Whether the fleet is paused.

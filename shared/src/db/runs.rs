@@ -161,23 +161,34 @@ pub async fn release(
     Ok(done.rows_affected())
 }
 
-/// Extend the lease of every task this worker runs; returns the ids whose cancel was requested,
-/// so a worker that missed a cancel message still honours it.
+/// Extend the leases of `held`, the tasks this worker process claimed and has not recorded yet;
+/// returns the ids whose cancel was requested, so a worker that missed a cancel message still
+/// honours it.
+///
+/// Only the tasks the process really holds are renewed, not every `running` row that carries its
+/// worker id: a worker restarted with the same `BGAGENT_WORKER_ID` after a crash (or one whose
+/// claim committed but whose answer was lost) must let those orphaned leases expire so the
+/// reaper recovers the tasks, instead of keeping them `running` forever.
 pub async fn renew_leases(
     db: impl PgExecutor<'_>,
     worker_id: &str,
     lease_secs: u64,
+    held: &[Uuid],
 ) -> Result<Vec<Uuid>> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
     Ok(sqlx::query_scalar(
         "with renewed as (
              update tasks set lease_until = now() + make_interval(secs => $2)
-             where worker_id = $1 and status = 'running'
+             where id = any($3) and worker_id = $1 and status = 'running'
              returning id, cancel_requested
          )
          select id from renewed where cancel_requested",
     )
     .bind(worker_id)
     .bind(lease_secs as f64)
+    .bind(held)
     .fetch_all(db)
     .await?)
 }
