@@ -53,6 +53,8 @@ enum Command {
     Health(commands::health::HealthArgs),
     /// Print a shell completion script.
     Completions(commands::completions::CompletionsArgs),
+    /// Measure throughput and latency of a running system (or one it spawns).
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Parse arguments, run the command, and map failures to exit codes.
@@ -72,6 +74,7 @@ pub async fn run() -> ExitCode {
         Command::Workers => commands::workers::run(&cli.client).await,
         Command::Health(args) => commands::health::run(args, &cli.client).await,
         Command::Completions(args) => commands::completions::run(args),
+        Command::Bench(args) => commands::bench::run(args, &cli.client).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

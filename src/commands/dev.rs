@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use bgagent_api::{Api, ApiConfig};
+use bgagent_shared::config::BrokerConfig;
 use bgagent_shared::db;
 use bgagent_shared::telemetry::{self, LogFormat};
 use bgagent_worker::{Worker, WorkerConfig, WorkerOptions};
@@ -89,9 +90,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     if args.ephemeral {
-        teardown(&config)
+        teardown(config.database.url()?, &config.broker)
             .await
             .context("cannot remove the ephemeral database and broker objects")?;
+        println!("ephemeral run: database and broker objects removed");
     }
     match failure {
         Some(e) => Err(e.into()),
@@ -105,13 +107,12 @@ fn random_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Remove what an ephemeral run created: its database and its prefix's exchanges and queues.
-async fn teardown(config: &ApiConfig) -> anyhow::Result<()> {
-    let topology = bgagent_shared::broker::Topology::new(
-        &config.broker.broker_prefix,
-        config.broker.delivery_limit,
-    );
-    let conn = bgagent_shared::broker::connect(config.broker.url()?, "bgagent-dev-teardown").await?;
+/// Remove what an ephemeral run (or `bench --spawn`) created: its database and its prefix's
+/// exchanges and queues.
+pub async fn teardown(database_url: &str, broker: &BrokerConfig) -> anyhow::Result<()> {
+    let topology =
+        bgagent_shared::broker::Topology::new(&broker.broker_prefix, broker.delivery_limit);
+    let conn = bgagent_shared::broker::connect(broker.url()?, "bgagent-teardown").await?;
     let channel = conn.create_channel().await?;
     for queue in topology.queues() {
         channel
@@ -124,7 +125,6 @@ async fn teardown(config: &ApiConfig) -> anyhow::Result<()> {
             .await?;
     }
     let _ = conn.close(200, "bye".into()).await;
-    db::drop_database(config.database.url()?).await?;
-    println!("ephemeral run: database and broker objects removed");
+    db::drop_database(database_url).await?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Subcommands.
 
 pub mod agents;
+pub mod bench;
+mod bench_spawn;
 pub mod completions;
 pub mod control;
 pub mod dev;
