@@ -1,0 +1,285 @@
+//! The invariant checker: accepted ids vs. final rows vs. the agent's receipts, one table row per
+//! scenario.
+
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::agent::Receipt;
+
+/// One line of the result table.
+#[derive(Debug, Default)]
+pub struct Row {
+    pub name: String,
+    pub accepted: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+    /// Accepted, but no row (or `succeeded` without the agent ever having run it).
+    pub lost: usize,
+    /// A row that was not terminal by the deadline.
+    pub stuck: usize,
+    /// Receipts answered 200 beyond the first, per idempotency key.
+    pub duplicates: usize,
+    /// From the last fault until every accepted task was terminal (None: never).
+    pub drain: Option<Duration>,
+    /// Length of the whole scenario.
+    pub took: Duration,
+    /// Facts worth reading.
+    pub notes: Vec<String>,
+    /// Failed pass criteria.
+    pub failures: Vec<String>,
+}
+
+impl Row {
+    pub fn fail(&mut self, why: impl Into<String>) {
+        self.failures.push(why.into());
+    }
+    pub fn note(&mut self, what: impl Into<String>) {
+        self.notes.push(what.into());
+    }
+}
+
+/// Status of every task of this scenario's database.
+pub async fn statuses(db: &PgPool, ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, (String, i32)>> {
+    let rows: Vec<(Uuid, String, i32)> =
+        sqlx::query_as("select id, status, attempts from tasks where id = any($1)")
+            .bind(ids)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(id, s, a)| (id, (s, a))).collect())
+}
+
+/// Wait until every accepted task is terminal, or `timeout`; returns when that happened.
+pub async fn wait_terminal(db: &PgPool, ids: &[Uuid], timeout: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open: Option<i64> = sqlx::query_scalar(
+            "select count(*) from tasks
+             where id = any($1) and status not in ('succeeded', 'failed', 'cancelled')",
+        )
+        .bind(ids)
+        .fetch_one(db)
+        .await
+        .ok();
+        if open == Some(0) {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Compare accepted ids, final rows and receipts; `last_fault` is when the last fault ended.
+pub async fn check(
+    name: &str,
+    db: &PgPool,
+    accepted: &HashMap<String, Uuid>,
+    receipts: impl Fn() -> Vec<Receipt>,
+    last_fault: &(dyn Fn() -> Instant + Sync),
+    timeout: Duration,
+) -> Row {
+    let mut row = Row {
+        name: name.to_owned(),
+        accepted: accepted.len(),
+        ..Row::default()
+    };
+    let ids: Vec<Uuid> = accepted.values().copied().collect();
+    let done_at = wait_terminal(db, &ids, timeout).await;
+    row.drain = done_at.map(|at| at.saturating_duration_since(last_fault()));
+    // Let receipts of attempts still in flight (stale ones after a lost lease) arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let receipts = receipts();
+
+    let rows = match statuses(db, &ids).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            row.fail(format!("cannot read the tasks: {e}"));
+            return row;
+        }
+    };
+    let wanted: HashSet<Uuid> = ids.iter().copied().collect();
+    let mut ok_receipts: HashMap<&str, usize> = HashMap::new();
+    let mut mismatched = 0;
+    for r in &receipts {
+        let Some(task) = r.task_id.filter(|id| wanted.contains(id)) else {
+            continue;
+        };
+        if r.key != task.to_string() {
+            mismatched += 1;
+        }
+        if r.status == 200 {
+            *ok_receipts.entry(r.key.as_str()).or_default() += 1;
+        }
+    }
+    if mismatched > 0 {
+        row.fail(format!(
+            "{mismatched} receipts whose Idempotency-Key is not the task id"
+        ));
+    }
+    for id in &ids {
+        match rows.get(id) {
+            None => row.lost += 1,
+            Some((status, _)) => match status.as_str() {
+                "succeeded" => {
+                    row.succeeded += 1;
+                    if !ok_receipts.contains_key(id.to_string().as_str()) {
+                        // Recorded as done, yet the agent never ran it.
+                        row.lost += 1;
+                    }
+                }
+                "failed" => row.failed += 1,
+                "cancelled" => row.cancelled += 1,
+                _ => row.stuck += 1,
+            },
+        }
+        if let Some(n) = ok_receipts.get(id.to_string().as_str()) {
+            row.duplicates += n.saturating_sub(1);
+        }
+    }
+    // Exactly one row per idempotency key, and it is the accepted one.
+    let keys: Vec<&str> = accepted.keys().map(String::as_str).collect();
+    match sqlx::query_as::<_, (String, i64, Vec<Uuid>)>(
+        "select idempotency_key, count(*), array_agg(id) from tasks
+         where idempotency_key = any($1) group by idempotency_key",
+    )
+    .bind(&keys)
+    .fetch_all(db)
+    .await
+    {
+        Ok(found) => {
+            let by_key: HashMap<String, (i64, Vec<Uuid>)> =
+                found.into_iter().map(|(k, n, ids)| (k, (n, ids))).collect();
+            let bad = accepted
+                .iter()
+                .filter(|(k, id)| {
+                    by_key
+                        .get(*k)
+                        .is_none_or(|(n, ids)| *n != 1 || ids[0] != **id)
+                })
+                .count();
+            if bad > 0 {
+                row.fail(format!(
+                    "{bad} idempotency keys without exactly one row holding the accepted id"
+                ));
+            }
+        }
+        Err(e) => row.fail(format!("cannot read idempotency keys: {e}")),
+    }
+    if row.lost > 0 {
+        row.fail(format!("lost = {}", row.lost));
+    }
+    if row.stuck > 0 {
+        row.fail(format!(
+            "stuck = {} (not terminal {timeout:?} after the last fault)",
+            row.stuck
+        ));
+        describe_stuck(db, &ids, &mut row).await;
+    }
+    if done_at.is_none() && row.stuck == 0 && row.lost == 0 {
+        row.fail("tasks were not terminal by the deadline");
+    }
+    row
+}
+
+/// status, attempts, worker, published, lease valid, cancel requested, count, a sample id.
+type StuckGroup = (String, i32, Option<String>, bool, bool, bool, i64, Uuid);
+
+/// What the stuck rows look like, for the report.
+async fn describe_stuck(db: &PgPool, ids: &[Uuid], row: &mut Row) {
+    let groups: Vec<StuckGroup> = sqlx::query_as(
+        "select status, attempts, worker_id, published_at is not null,
+                coalesce(lease_until > now(), false), cancel_requested, count(*), min(id::text)::uuid
+         from tasks
+         where id = any($1) and status not in ('succeeded', 'failed', 'cancelled')
+         group by 1, 2, 3, 4, 5, 6 order by 7 desc limit 10",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    for (status, attempts, worker, published, leased, cancel, n, sample) in groups {
+        row.note(format!(
+            "stuck: {n} × status={status} attempts={attempts} worker={} published={published} \
+             lease_valid={leased} cancel_requested={cancel} (e.g. {sample})",
+            worker.as_deref().unwrap_or("-")
+        ));
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "never".to_owned(),
+        |d| format!("{:.1} s", d.as_secs_f64()),
+    )
+}
+
+/// The table, aligned for a terminal.
+pub fn text_table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<34} {:>8} {:>9} {:>6} {:>9} {:>5} {:>5} {:>5} {:>9} {:>7}  {}\n",
+        "scenario",
+        "accepted",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "lost",
+        "stuck",
+        "dups",
+        "drain",
+        "took",
+        "result"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<34} {:>8} {:>9} {:>6} {:>9} {:>5} {:>5} {:>5} {:>9} {:>7}  {}\n",
+            r.name,
+            r.accepted,
+            r.succeeded,
+            r.failed,
+            r.cancelled,
+            r.lost,
+            r.stuck,
+            r.duplicates,
+            secs(r.drain),
+            format!("{:.0} s", r.took.as_secs_f64()),
+            if r.failures.is_empty() {
+                "pass"
+            } else {
+                "FAIL"
+            }
+        ));
+    }
+    out
+}
+
+/// The table as Markdown (for docs/FAULTS.md).
+pub fn markdown_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | accepted | succeeded | failed | cancelled | lost | stuck | duplicate executions | drain after last fault | result |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.accepted,
+            r.succeeded,
+            r.failed,
+            r.cancelled,
+            r.lost,
+            r.stuck,
+            r.duplicates,
+            secs(r.drain),
+            if r.failures.is_empty() {
+                "pass"
+            } else {
+                "FAIL"
+            }
+        ));
+    }
+    out
+}
