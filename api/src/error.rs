@@ -95,17 +95,19 @@ impl From<bgagent_shared::Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The HTTP status and JSON body of this error (also what the MCP tools return); logs the
+    /// detail of server-side failures, which the body keeps generic.
+    pub fn report(&self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.status_and_code();
-        match &self {
+        match self {
             Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
             Self::Unavailable(what) => {
                 tracing::warn!(service = what, "request failed: service unavailable")
             }
             _ => {}
         }
-        let field = match &self {
+        let field = match self {
             Self::Unprocessable { field, .. } => Some(field.clone()),
             _ => None,
         };
@@ -116,6 +118,13 @@ impl IntoResponse for ApiError {
                 field,
             },
         };
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.report();
         (status, Json(body)).into_response()
     }
 }

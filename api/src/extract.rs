@@ -57,18 +57,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data
                 if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
             {
-                let message = inner.to_string();
-                let field = if path.is_empty() || path == "." {
-                    // "missing field `x`" and "unknown field `x`" name it only in the message.
-                    message
-                        .split('`')
-                        .nth(1)
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| "body".into())
-                } else {
-                    path
-                };
-                ApiError::unprocessable(field, message)
+                invalid_field(path, inner.to_string())
             }
             _ => ApiError::BadRequest(format!("malformed JSON: {inner}")),
         }
@@ -76,6 +65,30 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// Deserialize an already parsed JSON value (MCP tool arguments) as `T`, naming the offending
+/// field as [`parse_json`] does.
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        invalid_field(path, err.into_inner().to_string())
+    })
+}
+
+/// A 422 for a data error at `path` ("." or empty at the top level).
+fn invalid_field(path: String, message: String) -> ApiError {
+    let field = if path.is_empty() || path == "." {
+        // "missing field `x`" and "unknown field `x`" name it only in the message.
+        message
+            .split('`')
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "body".into())
+    } else {
+        path
+    };
+    ApiError::unprocessable(field, message)
 }
 
 /// Query-string extractor whose errors (duplicate keys, bad encoding) use the JSON error shape.
@@ -142,5 +155,23 @@ mod tests {
             ("422".into(), Some("agent".into()))
         );
         assert_eq!(field_of("[]"), ("422".into(), Some("body".into())));
+    }
+
+    #[test]
+    fn parsed_values_name_the_field_too() {
+        let field = |value: serde_json::Value| match parse_value::<EnqueueRequest>(value) {
+            Err(ApiError::Unprocessable { field, .. }) => field,
+            other => panic!("expected a 422, got {other:?}"),
+        };
+        assert_eq!(field(serde_json::json!({"command": "x"})), "agent");
+        assert_eq!(
+            field(serde_json::json!({"agent": 5, "command": "x"})),
+            "agent"
+        );
+        assert_eq!(
+            field(serde_json::json!({"agent": "a", "command": "x", "nope": 1})),
+            "nope"
+        );
+        assert_eq!(field(serde_json::json!([])), "body");
     }
 }

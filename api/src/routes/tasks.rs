@@ -11,6 +11,7 @@ use bgagent_shared::db::tasks::{CancelOutcome, TaskFilter};
 use bgagent_shared::domain::{Attempt, EnqueueRequest, NewTask, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, parse_task_id};
@@ -66,13 +67,13 @@ pub async fn enqueue(
 #[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
     /// Only tasks with this status.
-    status: Option<String>,
+    pub status: Option<String>,
     /// Only tasks of this agent.
-    agent: Option<String>,
+    pub agent: Option<String>,
     /// Page size, 1-500 (default 50).
-    limit: Option<String>,
+    pub limit: Option<String>,
     /// `next_cursor` of the previous page.
-    cursor: Option<String>,
+    pub cursor: Option<String>,
 }
 
 /// A page of tasks.
@@ -94,6 +95,11 @@ pub async fn list_tasks(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListTasksQuery>,
 ) -> ApiResult<Json<TaskPage>> {
+    task_page(&state, query).await.map(Json)
+}
+
+/// Validate a task listing query and fetch its page (`GET /tasks` and the MCP `list_tasks` tool).
+pub async fn task_page(state: &AppState, query: ListTasksQuery) -> ApiResult<TaskPage> {
     let limit = parse_limit(query.limit.as_deref())?;
     let status = query
         .status
@@ -109,7 +115,7 @@ pub async fn list_tasks(
         .cursor
         .as_deref()
         .map(|c| {
-            uuid::Uuid::parse_str(c)
+            Uuid::parse_str(c)
                 .map_err(|_| ApiError::BadRequest("bad cursor: use next_cursor as given".into()))
         })
         .transpose()?;
@@ -121,7 +127,7 @@ pub async fn list_tasks(
     };
     let mut tasks = db::tasks::list(&state.db, &filter).await?;
     let next_cursor = page_cursor(&mut tasks, limit, |t| t.id.to_string());
-    Ok(Json(TaskPage { tasks, next_cursor }))
+    Ok(TaskPage { tasks, next_cursor })
 }
 
 /// Trim a page fetched with `limit + 1` rows; the cursor is the last kept row when more exist.
@@ -146,9 +152,13 @@ pub async fn get_task(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
     let id = parse_task_id(&id)?;
+    find_task(&state, id).await.map(Json)
+}
+
+/// One task, or 404 (`GET /tasks/{id}` and the MCP `get_task` tool).
+pub async fn find_task(state: &AppState, id: Uuid) -> ApiResult<Task> {
     db::tasks::get(&state.db, id)
         .await?
-        .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
 }
 
@@ -166,10 +176,17 @@ pub async fn cancel_task(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let id = parse_task_id(&id)?;
+    let (status, task) = cancel(&state, id).await?;
+    Ok((status, Json(task)))
+}
+
+/// Cancel a task (`POST /tasks/{id}/cancel` and the MCP `cancel_task` tool): 200 with the
+/// cancelled task when it was queued, 202 when its worker was asked to stop it.
+pub async fn cancel(state: &AppState, id: Uuid) -> ApiResult<(StatusCode, Task)> {
     match db::tasks::cancel(&state.db, id).await? {
         CancelOutcome::Cancelled(task) => {
             tracing::info!(task_id = %id, agent = %task.agent, "cancelled queued task");
-            Ok((StatusCode::OK, Json(task)))
+            Ok((StatusCode::OK, task))
         }
         CancelOutcome::Requested(task) => {
             let message = ControlMessage::Cancel {
@@ -182,7 +199,7 @@ pub async fn cancel_task(
                 tracing::warn!(task_id = %id, error = %e, "cancel message not delivered; the worker will see the flag");
             }
             tracing::info!(task_id = %id, agent = %task.agent, "cancel requested for running task");
-            Ok((StatusCode::ACCEPTED, Json(task)))
+            Ok((StatusCode::ACCEPTED, task))
         }
         CancelOutcome::AlreadyFinished(task) => Err(ApiError::Conflict(format!(
             "task {id} already {}",
