@@ -6,6 +6,7 @@ pub mod config;
 pub mod enqueue;
 pub mod error;
 pub mod extract;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -117,6 +118,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(routes::control::router())
         .merge(routes::workers::router())
         .route("/openapi.json", get(openapi::openapi_json))
+        // Model Context Protocol (not a REST route, so not in the OpenAPI document).
+        .route_service("/mcp", mcp::service(state.clone()))
         .route_layer(from_fn_with_state(state.clone(), extract::require_api_key));
     let public = Router::new()
         .merge(routes::health::router())

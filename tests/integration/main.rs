@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod common;
 mod fake_agent;
+mod mcp;
 mod metrics;
 mod recovery;
 mod worker;

@@ -1,0 +1,271 @@
+//! The Model Context Protocol server at `/mcp` (streamable HTTP, stateless, JSON responses).
+//!
+//! It sits behind the same `x-api-key` check as the REST routes and calls the same domain
+//! functions, so a tool result is exactly the JSON the matching endpoint returns. Invalid
+//! arguments are JSON-RPC errors (`-32602`) whose `data.field` names the offending field; a tool
+//! that runs and fails (unknown id, task already finished, database down) answers a tool error
+//! (`isError: true`) carrying the REST error body `{"error":{"code","message"}}`.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::common::schema_for_input;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{CallToolResult, Implementation, JsonObject, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::{parse_task_id, parse_value};
+use crate::routes::agents::AgentList;
+use crate::routes::tasks::{self, ListTasksQuery};
+use crate::state::AppState;
+use bgagent_shared::db;
+use bgagent_shared::domain::{EnqueueRequest, NewTask};
+
+/// The `/mcp` service. Stateless (no MCP session is kept between requests), so any API replica
+/// can answer any request, as for the REST routes.
+pub fn service(state: AppState) -> StreamableHttpService<McpServer, NeverSessionManager> {
+    let max_body_bytes = state.max_body_bytes;
+    let server = McpServer::new(state);
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_max_request_body_bytes(max_body_bytes)
+        // rmcp accepts only loopback `Host` headers by default, against DNS rebinding of servers
+        // without authentication. This one requires the API key and is served under whatever
+        // name the deployment gives the API.
+        .disable_allowed_hosts();
+    StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}
+
+/// Arguments of `enqueue_task` (the body of `POST /enqueue`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueTaskArgs {
+    /// Agent to route the task to (`^[a-z0-9][a-z0-9._-]{0,63}$`): a built-in (`echo`, `sleep`,
+    /// `fail`), a registered agent, or a role the Omni Gateway knows.
+    pub agent: String,
+    /// What the agent should do, 1 to 65,536 bytes.
+    pub command: String,
+    /// Free-form JSON object passed to the executor (at most 256 KiB).
+    #[serde(default)]
+    pub meta: Option<JsonObject>,
+    /// Enqueuing again with the same key returns the existing task instead of creating one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Attempts before the task fails (1-100, default 5).
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// Per-attempt timeout in seconds (1-86400, default 300).
+    #[serde(default)]
+    pub timeout_secs: Option<i32>,
+    /// Run no earlier than this many seconds from now (default 0).
+    #[serde(default)]
+    pub delay_secs: Option<i64>,
+}
+
+/// Arguments of `get_task` and `cancel_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskIdArgs {
+    /// Task id (UUID), as `enqueue_task` returned it.
+    pub id: String,
+}
+
+/// Arguments of `list_tasks` (the query of `GET /tasks`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListTasksArgs {
+    /// Only tasks with this status: queued, running, succeeded, failed or cancelled.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Only tasks of this agent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// Arguments of `list_agents` (none).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+/// The MCP tools; one instance serves every request.
+#[derive(Clone)]
+pub struct McpServer {
+    state: AppState,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl McpServer {
+    fn new(state: AppState) -> Self {
+        Self {
+            state,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Enqueue a task for an agent. Returns the task (its `id` and `status`); an existing
+    /// idempotency key returns the task it created.
+    #[tool(input_schema = schema::<EnqueueTaskArgs>())]
+    async fn enqueue_task(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let EnqueueTaskArgs {
+            agent,
+            command,
+            meta,
+            idempotency_key,
+            max_attempts,
+            timeout_secs,
+            delay_secs,
+        } = parse_args(args)?;
+        let request = EnqueueRequest {
+            agent,
+            command,
+            meta: meta.map(Value::Object),
+            idempotency_key,
+            max_attempts,
+            timeout_secs,
+            delay_secs,
+        };
+        let result: Result<_, ApiError> = async {
+            let task = NewTask::parse(request, None)?;
+            Ok(self.state.enqueuer.enqueue(task).await?.task)
+        }
+        .await;
+        respond(result)
+    }
+
+    /// One task with its status, attempts, result, last error and timestamps.
+    #[tool(input_schema = schema::<TaskIdArgs>(), annotations(read_only_hint = true))]
+    async fn get_task(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let id = task_id(args)?;
+        respond(tasks::find_task(&self.state, id).await)
+    }
+
+    /// Tasks newest first, optionally filtered by status and agent; pass `next_cursor` as
+    /// `cursor` for the next page.
+    #[tool(input_schema = schema::<ListTasksArgs>(), annotations(read_only_hint = true))]
+    async fn list_tasks(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let ListTasksArgs {
+            status,
+            agent,
+            limit,
+            cursor,
+        } = parse_args(args)?;
+        let query = ListTasksQuery {
+            status,
+            agent,
+            limit: limit.map(|l| l.to_string()),
+            cursor,
+        };
+        respond(tasks::task_page(&self.state, query).await)
+    }
+
+    /// Cancel a task: a queued one at once (status `cancelled`), a running one through the worker
+    /// holding it (`cancel_requested` is set and the worker records `cancelled`).
+    #[tool(input_schema = schema::<TaskIdArgs>(), annotations(destructive_hint = true, idempotent_hint = true))]
+    async fn cancel_task(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let id = task_id(args)?;
+        respond(
+            tasks::cancel(&self.state, id)
+                .await
+                .map(|(_status, task)| task),
+        )
+    }
+
+    /// Registered agents (name, endpoint, meta) that tasks can be routed to.
+    #[tool(input_schema = schema::<NoArgs>(), annotations(read_only_hint = true))]
+    async fn list_agents(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let NoArgs {} = parse_args(args)?;
+        let result: Result<_, ApiError> = async {
+            Ok(AgentList {
+                agents: db::agents::list(&self.state.db).await?,
+            })
+        }
+        .await;
+        respond(result)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("bgagent", env!("CARGO_PKG_VERSION"))
+                    .with_title("Background Agent"),
+            )
+            .with_instructions(
+                "Background Agent runs tasks for agents durably: enqueue_task returns at once \
+                 with the task's id; poll get_task until its status is succeeded, failed or \
+                 cancelled, then read result or last_error.",
+            )
+    }
+}
+
+/// The input schema of a tool from its argument struct (field doc comments become descriptions).
+fn schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
+    schema_for_input::<T>().unwrap_or_else(|e| {
+        panic!(
+            "invalid MCP input schema for {}: {e}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// Deserialize tool arguments with the REST API's rules: missing, unknown and mistyped fields are
+/// named.
+fn parse_args<T: DeserializeOwned>(args: JsonObject) -> Result<T, ErrorData> {
+    parse_value(Value::Object(args)).map_err(invalid_arguments)
+}
+
+fn task_id(args: JsonObject) -> Result<uuid::Uuid, ErrorData> {
+    let TaskIdArgs { id } = parse_args(args)?;
+    parse_task_id(&id).map_err(|_| {
+        invalid_arguments(ApiError::unprocessable(
+            "id",
+            format!("{id:?} is not a task id (UUID)"),
+        ))
+    })
+}
+
+/// A JSON-RPC "invalid params" error for an argument problem, with the REST error detail
+/// (`code`, `field`) as its data.
+fn invalid_arguments(err: ApiError) -> ErrorData {
+    let (_, body) = err.report();
+    let data = serde_json::to_value(&body.error).unwrap_or(Value::Null);
+    ErrorData::invalid_params(body.error.message, Some(data))
+}
+
+/// The tool result: the endpoint's JSON on success; an argument error as a JSON-RPC error; any
+/// other failure as a tool error carrying the REST error body.
+fn respond<T: serde::Serialize>(result: Result<T, ApiError>) -> Result<CallToolResult, ErrorData> {
+    match result {
+        Ok(value) => serde_json::to_value(value)
+            .map(CallToolResult::structured)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None)),
+        Err(err @ (ApiError::Unprocessable { .. } | ApiError::BadRequest(_))) => {
+            Err(invalid_arguments(err))
+        }
+        Err(err) => {
+            let (_, body) = err.report();
+            Ok(CallToolResult::structured_error(json!(body)))
+        }
+    }
+}
