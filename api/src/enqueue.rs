@@ -1,10 +1,12 @@
 //! Group commit for `POST /enqueue`.
 //!
 //! Handlers hand validated tasks to a few batch loops. Each loop takes whatever requests are
-//! waiting (up to a batch size), inserts them in one statement (one commit, one fsync), publishes
-//! the new ones with pipelined confirms, marks the confirmed ones published and only then answers
-//! every request. No 202 is sent before its row is committed; a broker failure leaves rows
-//! unpublished for the relay and still answers 202.
+//! waiting (up to a batch size), inserts them in one statement (one commit, one fsync) and
+//! answers every request: no 202 is sent before its row is committed. The new rows' ids then go
+//! to the publish loops, which publish them with pipelined confirms, and to a loop that marks
+//! the confirmed rows published, many batches per statement. The row is the durable record (an
+//! outbox): if the broker is down, or this process dies before publishing, the relay in the
+//! workers publishes the row later.
 
 use bgagent_shared::broker::Publisher;
 use bgagent_shared::db;
@@ -47,11 +49,24 @@ impl Enqueuer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let rx = Arc::new(Mutex::new(rx));
         let mut set = JoinSet::new();
+        let (marks, marks_rx) = mpsc::channel(1024);
+        set.spawn(mark_loop(db.clone(), marks_rx));
+        let (publish, publish_rx) = mpsc::channel(1024);
+        let publish_rx = Arc::new(Mutex::new(publish_rx));
+        // Two publishers: one waits for its confirms while the other sends the next batch.
+        for _ in 0..2 {
+            set.spawn(publish_loop(
+                publisher.clone(),
+                metrics.clone(),
+                publish_rx.clone(),
+                marks.clone(),
+            ));
+        }
         for _ in 0..loops.max(1) {
             let pipeline = Pipeline {
                 db: db.clone(),
-                publisher: publisher.clone(),
                 metrics: metrics.clone(),
+                publish: publish.clone(),
             };
             set.spawn(pipeline.run(rx.clone()));
         }
@@ -73,8 +88,8 @@ impl Enqueuer {
 
 struct Pipeline {
     db: PgPool,
-    publisher: Publisher,
     metrics: Arc<Metrics>,
+    publish: mpsc::Sender<Vec<uuid::Uuid>>,
 }
 
 impl Pipeline {
@@ -99,7 +114,7 @@ impl Pipeline {
 
     async fn process(&self, jobs: Vec<Job>) {
         let tasks: Vec<NewTask> = jobs.iter().map(|j| j.task.clone()).collect();
-        let mut inserted = match db::tasks::insert_batch(&self.db, &tasks).await {
+        let inserted = match db::tasks::insert_batch(&self.db, &tasks).await {
             Ok(rows) => rows,
             Err(e) => {
                 let err = ApiError::from(e);
@@ -121,17 +136,34 @@ impl Pipeline {
                 .with_label_values(&[row.task.agent.as_str()])
                 .inc();
         }
-        if !due.is_empty() {
-            self.publish(&due, &mut inserted).await;
-        }
         for (job, row) in jobs.into_iter().zip(inserted) {
             tracing::debug!(task_id = %row.task.id, agent = %row.task.agent, created = row.created, "enqueued");
             let _ = job.reply.send(Ok(row));
         }
+        if !due.is_empty() && self.publish.send(due).await.is_err() {
+            tracing::warn!("publish loop gone; the relay will publish these tasks");
+        }
     }
+}
 
-    async fn publish(&self, due: &[uuid::Uuid], inserted: &mut [Inserted]) {
-        let confirmed = match self.publisher.publish_tasks(due).await {
+/// Publish committed tasks with confirms, several batches per pass, and queue the confirmed ids
+/// for marking.
+async fn publish_loop(
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    batches: Arc<Mutex<mpsc::Receiver<Vec<uuid::Uuid>>>>,
+    marks: mpsc::Sender<Vec<uuid::Uuid>>,
+) {
+    let mut taken = Vec::new();
+    loop {
+        {
+            let mut rx = batches.lock().await;
+            if rx.recv_many(&mut taken, 64).await == 0 {
+                return;
+            }
+        }
+        let due: Vec<uuid::Uuid> = taken.drain(..).flatten().collect();
+        let confirmed = match publisher.publish_tasks(&due).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, tasks = due.len(), "publish failed; the relay will publish these tasks");
@@ -140,26 +172,26 @@ impl Pipeline {
         };
         let missed = due.len() - confirmed.len();
         if missed > 0 {
-            self.metrics
+            metrics
                 .publish_failures
                 .with_label_values(&["unconfirmed"])
                 .inc_by(missed as u64);
         }
-        if confirmed.is_empty() {
-            return;
+        if !confirmed.is_empty() {
+            let _ = marks.send(confirmed).await;
         }
-        // If this update fails the rows look unpublished and the relay publishes them again:
-        // a duplicate message, which the worker's claim turns into a no-op.
-        if let Err(e) = db::tasks::mark_published(&self.db, &confirmed).await {
-            tracing::warn!(error = %e, "cannot mark tasks published");
-            return;
-        }
-        let now = Utc::now();
-        let confirmed: std::collections::HashSet<_> = confirmed.into_iter().collect();
-        for row in inserted.iter_mut() {
-            if row.created && confirmed.contains(&row.task.id) {
-                row.task.published_at = Some(now);
-            }
+    }
+}
+
+/// Mark confirmed tasks published, many batches per statement. If a mark is lost (crash,
+/// database error) the relay publishes those rows again: a duplicate message, which the
+/// worker's claim turns into a no-op.
+async fn mark_loop(db: PgPool, mut marks: mpsc::Receiver<Vec<uuid::Uuid>>) {
+    let mut batches = Vec::new();
+    while marks.recv_many(&mut batches, 64).await > 0 {
+        let ids: Vec<uuid::Uuid> = batches.drain(..).flatten().collect();
+        if let Err(e) = db::tasks::mark_published(&db, &ids).await {
+            tracing::warn!(error = %e, tasks = ids.len(), "cannot mark tasks published; the relay will republish them");
         }
     }
 }

@@ -648,7 +648,9 @@ async fn a_message_past_the_delivery_limit_fails_its_task() {
     // Paused: the worker consumes no tasks, but still watches the dead-letter events.
     api.post("/stop", &json!({})).await;
     let _worker = env.spawn_worker(env.worker_options()).await;
-    let task = api.enqueue(&json!({"agent": "echo", "command": "poison"})).await;
+    let task = api
+        .enqueue(&json!({"agent": "echo", "command": "poison"}))
+        .await;
 
     // Play a consumer that crashes before acknowledging, again and again.
     let conn = env.amqp().await;
@@ -656,7 +658,10 @@ async fn a_message_past_the_delivery_limit_fails_its_task() {
     let mut deliveries = 0;
     for _ in 0..100 {
         match ch
-            .basic_get(env.topology().tasks_queue().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                env.topology().tasks_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await
             .unwrap()
         {
@@ -664,7 +669,10 @@ async fn a_message_past_the_delivery_limit_fails_its_task() {
                 deliveries += 1;
                 m.delivery
                     .acker
-                    .nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() })
+                    .nack(lapin::options::BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
                     .await
                     .unwrap();
             }
@@ -672,13 +680,24 @@ async fn a_message_past_the_delivery_limit_fails_its_task() {
             None => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    assert!(deliveries > 1 && deliveries <= 22, "the broker stops redelivering at the limit: {deliveries}");
-    let done = env.wait_task(id_of(&task), WAIT, |t| t.status.is_terminal()).await;
+    assert!(
+        deliveries > 1 && deliveries <= 22,
+        "the broker stops redelivering at the limit: {deliveries}"
+    );
+    let done = env
+        .wait_task(id_of(&task), WAIT, |t| t.status.is_terminal())
+        .await;
     assert_eq!(done.status, TaskStatus::Failed);
     let error = done.last_error.unwrap();
-    assert!(error.contains("dead-lettered") && error.contains("delivery_limit"), "{error}");
+    assert!(
+        error.contains("dead-lettered") && error.contains("delivery_limit"),
+        "{error}"
+    );
     // The operator's copy is on the dead queue.
     let dead = dead_messages(&env).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(serde_json::from_slice::<Value>(&dead[0].delivery.data).unwrap()["task_id"], task["id"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&dead[0].delivery.data).unwrap()["task_id"],
+        task["id"]
+    );
 }

@@ -193,27 +193,41 @@ impl Publisher {
     /// the broker confirmed; the rest stay unpublished for the relay.
     pub async fn publish_tasks(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
         let channel = self.channel().await?;
+        let messages: Vec<(Vec<u8>, BasicProperties)> = ids
+            .iter()
+            .map(|&task_id| {
+                let id = task_id.to_string();
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    TASK_ID_HEADER.into(),
+                    AMQPValue::LongString(id.as_str().into()),
+                );
+                let body = serde_json::to_vec(&TaskMessage { task_id }).unwrap_or_default();
+                let props = persistent()
+                    .with_message_id(id.into())
+                    .with_headers(headers);
+                (body, props)
+            })
+            .collect();
+        // All publishes are started together, so lapin writes the batch in few socket writes
+        // instead of one round through its I/O loop per message.
+        let sent = join_all(messages.into_iter().map(|(body, props)| {
+            let channel = &channel;
+            async move {
+                publish(
+                    channel,
+                    &self.inner.tasks_exchange,
+                    TASK_ROUTING_KEY,
+                    &body,
+                    props,
+                )
+                .await
+            }
+        }))
+        .await;
         let mut pending = Vec::with_capacity(ids.len());
-        for &task_id in ids {
-            let body = serde_json::to_vec(&TaskMessage { task_id })
-                .map_err(|e| Error::Broker(e.to_string()))?;
-            let mut headers = FieldTable::default();
-            headers.insert(
-                TASK_ID_HEADER.into(),
-                AMQPValue::LongString(task_id.to_string().as_str().into()),
-            );
-            let props = persistent()
-                .with_message_id(task_id.to_string().into())
-                .with_headers(headers);
-            match publish(
-                &channel,
-                &self.inner.tasks_exchange,
-                TASK_ROUTING_KEY,
-                &body,
-                props,
-            )
-            .await
-            {
+        for (&task_id, result) in ids.iter().zip(sent) {
+            match result {
                 Ok(confirm) => pending.push((task_id, confirm)),
                 Err(e) => {
                     self.forget_channel().await;
