@@ -5,6 +5,7 @@
 //! when a Docker engine is available.
 
 mod api;
+mod bench;
 mod cli;
 mod common;
 mod fake_agent;
