@@ -32,9 +32,9 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate(commands::migrate::MigrateArgs),
     /// Run the HTTP API (same as `bgagent-api`).
-    Api(commands::run::ApiArgs),
+    Api(bgagent_api::ApiCommand),
     /// Run a worker (same as `bgagent-worker`).
-    Worker(commands::run::WorkerArgs),
+    Worker(bgagent_worker::WorkerCommand),
     /// Submit a task.
     Enqueue(commands::enqueue::EnqueueArgs),
     /// List, show, cancel and watch tasks.

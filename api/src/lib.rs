@@ -33,6 +33,29 @@ pub use config::ApiConfig;
 use error::ApiError;
 use state::AppState;
 
+/// `bgagent-api` / `bgagent api`: the API's settings plus logging, run until SIGTERM/SIGINT.
+#[derive(clap::Parser)]
+#[command(name = "bgagent-api", version, about = "Background Agent HTTP API")]
+pub struct ApiCommand {
+    /// API settings.
+    #[command(flatten)]
+    pub api: ApiConfig,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: bgagent_shared::telemetry::TelemetryConfig,
+}
+
+impl ApiCommand {
+    /// Init logging, build the API and serve until a shutdown signal.
+    pub async fn run(self) -> Result<(), Error> {
+        bgagent_shared::telemetry::init(self.telemetry.log_format);
+        Api::build(&self.api)
+            .await?
+            .run_until_stopped(bgagent_shared::shutdown::on_signal())
+            .await
+    }
+}
+
 /// A bound, ready-to-serve API.
 pub struct Api {
     listener: TcpListener,
@@ -47,7 +70,7 @@ impl Api {
     /// reports it.
     pub async fn build(config: &ApiConfig) -> Result<Self, Error> {
         let api_key = config.resolved_api_key()?;
-        let host = hostname();
+        let host = bgagent_shared::telemetry::hostname();
         let db = db::pool(&config.database, &format!("bgagent-api@{host}"))?;
         if config.migrate {
             db::migrate(&db).await?;
@@ -187,18 +210,4 @@ async fn timeout_as_json(req: Request, next: axum::middleware::Next) -> axum::re
             .into_response();
     }
     response
-}
-
-/// This machine's name, for connection names and worker ids.
-pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }

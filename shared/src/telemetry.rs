@@ -32,3 +32,18 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
     };
 }
+
+/// This machine's name (`HOSTNAME`, else /etc/hostname), for connection names, worker ids and
+/// logs.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

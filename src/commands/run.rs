@@ -1,48 +1,16 @@
 //! `bgagent api` and `bgagent worker`: the two services, for images and process-level tests that
-//! want one binary.
+//! want one binary. They are the same commands as `bgagent-api` and `bgagent-worker`.
 
 use anyhow::Context;
-use bgagent_api::{Api, ApiConfig};
-use bgagent_shared::telemetry::{self, TelemetryConfig};
-use bgagent_worker::{Worker, WorkerConfig};
-
-/// Arguments of `bgagent api`.
-#[derive(clap::Args)]
-pub struct ApiArgs {
-    #[command(flatten)]
-    api: ApiConfig,
-    #[command(flatten)]
-    telemetry: TelemetryConfig,
-}
-
-/// Arguments of `bgagent worker`.
-#[derive(clap::Args)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    worker: WorkerConfig,
-    #[command(flatten)]
-    telemetry: TelemetryConfig,
-}
+use bgagent_api::ApiCommand;
+use bgagent_worker::WorkerCommand;
 
 /// Run the API until SIGTERM / Ctrl-C.
-pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
-    telemetry::init(args.telemetry.log_format);
-    let api = Api::build(&args.api)
-        .await
-        .context("cannot start the API")?;
-    api.run_until_stopped(bgagent_shared::shutdown::on_signal())
-        .await
-        .context("API failed")
+pub async fn api(command: ApiCommand) -> anyhow::Result<()> {
+    command.run().await.context("the API failed")
 }
 
-/// Run a worker until SIGTERM / Ctrl-C.
-pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    telemetry::init(args.telemetry.log_format);
-    let worker = Worker::build(&args.worker)
-        .await
-        .context("cannot start the worker")?;
-    worker
-        .run_until_stopped(bgagent_shared::shutdown::on_signal())
-        .await
-        .context("worker failed")
+/// Run a worker until SIGTERM / Ctrl-C, then drain.
+pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
+    command.run().await.context("the worker failed")
 }

@@ -5,7 +5,7 @@
 
 use crate::common::{TEST_KEY, TestApi, TestEnv, assert_error};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -188,28 +188,7 @@ async fn cancel_queued_running_and_finished_tasks() {
     let api = env.spawn_api().await;
 
     // A listener on the control exchange sees the cancel for the running task.
-    let conn = env.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        env.topology().control_exchange().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (_conn, ch, queue) = env.control_listener().await;
 
     let queued = api.enqueue(&json!({"agent": "echo", "command": "a"})).await;
     let (status, cancelled) = api
@@ -240,7 +219,7 @@ async fn cancel_queued_running_and_finished_tasks() {
     let msg = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(m) = ch
-                .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
                 .await
                 .unwrap()
             {
@@ -305,31 +284,10 @@ async fn processed_lists_attempts_newest_first() {
 async fn stop_and_start_store_state_and_broadcast() {
     let env = TestEnv::new().await;
     let api = env.spawn_api().await;
-    let conn = env.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        env.topology().control_exchange().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (_conn, ch, queue) = env.control_listener().await;
     let mut consumer = ch
         .basic_consume(
-            q.name().clone(),
+            queue.as_str().into(),
             "test".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -471,15 +429,7 @@ async fn workers_health_ready_metrics_and_openapi() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics = api
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.text(&api.url("/metrics")).await;
     assert!(
         metrics.contains("bgagent_tasks_enqueued_total{agent=\"echo\"} 1"),
         "{metrics}"

@@ -96,15 +96,7 @@ fn assert_exit(out: &Output, expected: i32) {
 
 /// The value of one series of the API's `/metrics`.
 async fn metric(api: &TestApi, series: &str) -> u64 {
-    let text = api
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.text(&api.url("/metrics")).await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0)

@@ -295,6 +295,34 @@ impl TestEnv {
             .expect("connect to RabbitMQ")
     }
 
+    /// An exclusive queue bound to this test's control exchange, to watch control messages.
+    /// Keep the connection: the queue lives as long as it does.
+    pub async fn control_listener(&self) -> (lapin::Connection, lapin::Channel, String) {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let conn = self.amqp().await;
+        let ch = conn.create_channel().await.expect("channel");
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .expect("declare a listener queue");
+        ch.queue_bind(
+            q.name().clone(),
+            self.topology().control_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind it to the control exchange");
+        let name = q.name().to_string();
+        (conn, ch, name)
+    }
+
     pub fn topology(&self) -> bgagent_shared::broker::Topology {
         bgagent_shared::broker::Topology::new(&self.prefix, 20)
     }
@@ -388,6 +416,18 @@ impl TestApi {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// The body of a GET without the key, as text (`/metrics`, `/health`).
+    pub async fn text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

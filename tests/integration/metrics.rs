@@ -51,25 +51,9 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     }
     env.wait_all_terminal(Duration::from_secs(20)).await;
 
-    let api_text = api
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let api_text = api.text(&api.url("/metrics")).await;
     let worker_url = format!("http://{}/metrics", worker.metrics_addr.unwrap());
-    let worker_text = api
-        .http
-        .get(worker_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let worker_text = api.text(&worker_url).await;
     let available: BTreeSet<String> = exported(&api_text)
         .union(&exported(&worker_text))
         .cloned()

@@ -34,6 +34,30 @@ use state::Shared;
 /// leases.
 const RECORD_DEADLINE: Duration = Duration::from_secs(15);
 
+/// `bgagent-worker` / `bgagent worker`: the worker's settings plus logging, run until
+/// SIGTERM/SIGINT.
+#[derive(clap::Parser)]
+#[command(name = "bgagent-worker", version, about = "Background Agent worker")]
+pub struct WorkerCommand {
+    /// Worker settings.
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: bgagent_shared::telemetry::TelemetryConfig,
+}
+
+impl WorkerCommand {
+    /// Init logging, build the worker and run it until a shutdown signal, then drain.
+    pub async fn run(self) -> Result<(), Error> {
+        bgagent_shared::telemetry::init(self.telemetry.log_format);
+        Worker::build(&self.worker)
+            .await?
+            .run_until_stopped(bgagent_shared::shutdown::on_signal())
+            .await
+    }
+}
+
 /// A worker ready to run.
 pub struct Worker {
     shared: Arc<Shared>,
@@ -193,7 +217,7 @@ async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
         match db::workers::register(
             &shared.db,
             &shared.id,
-            &hostname(),
+            &bgagent_shared::telemetry::hostname(),
             env!("CARGO_PKG_VERSION"),
         )
         .await
@@ -209,21 +233,13 @@ async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
     }
 }
 
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// `host-pid-random`: unique across restarts and replicas, readable in the management UI.
 fn default_worker_id() -> String {
     let suffix: u32 = rand::random();
-    format!("{}-{}-{:08x}", hostname(), std::process::id(), suffix)
+    format!(
+        "{}-{}-{:08x}",
+        bgagent_shared::telemetry::hostname(),
+        std::process::id(),
+        suffix
+    )
 }
