@@ -29,6 +29,12 @@ use crate::state::Shared;
 const MAX_CLAIM_BATCH: usize = 256;
 /// Most outcomes recorded in one statement.
 const MAX_RECORD_BATCH: usize = 512;
+/// Longest wait for the broker to take an ack, nack or reject. Settling comes after the outcome is
+/// stored (or drops a duplicate), so one that never completes only means a redelivery, which the
+/// claim turns into a no-op. Unbounded, an ack caught in a connection the broker is closing can
+/// wait forever (seen in the fault suite when RabbitMQ stops) and stall the loop that sent it,
+/// leaving every task claimed after it `running` and unrecorded.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -81,9 +87,7 @@ pub(crate) async fn claim_loop(
         let taken = std::mem::take(&mut batch);
         if stopping.is_cancelled() || shared.is_paused() {
             // Nothing new starts while stopping or paused: hand the messages back.
-            for delivery in taken {
-                requeue(&delivery.acker).await;
-            }
+            settle("requeue", taken.iter().map(|d| requeue(&d.acker))).await;
             continue;
         }
         claim_batch(&shared, taken, permits, &records, &stopping, &executions).await;
@@ -110,10 +114,11 @@ async fn claim_batch(
                     .executor_errors
                     .with_label_values(&["unparseable"])
                     .inc();
-                let _ = delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
+                settle(
+                    "reject",
+                    [delivery.acker.reject(BasicRejectOptions { requeue: false })],
+                )
+                .await;
             }
         }
     }
@@ -127,9 +132,7 @@ async fn claim_batch(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim tasks; retrying");
                 if stopping.is_cancelled() {
-                    for (_, delivery) in parsed {
-                        requeue(&delivery.acker).await;
-                    }
+                    settle("requeue", parsed.iter().map(|(_, d)| requeue(&d.acker))).await;
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -138,6 +141,7 @@ async fn claim_batch(
     };
     shared.hold(claimed.iter().map(|t| (t.id, t.attempts)));
     let mut claimed: HashMap<Uuid, Task> = claimed.into_iter().map(|t| (t.id, t)).collect();
+    let mut dropped = Vec::new();
     for (id, delivery) in parsed {
         let Some(permit) = permits.pop() else { break };
         match claimed.remove(&id) {
@@ -157,19 +161,60 @@ async fn claim_batch(
             // Finished, cancelled, running elsewhere or not yet due: a duplicate or stale message.
             None => {
                 tracing::debug!(task_id = %id, "message for an unclaimable task dropped");
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                dropped.push(delivery.acker);
             }
         }
     }
+    settle(
+        "ack",
+        dropped.iter().map(|a| a.ack(BasicAckOptions::default())),
+    )
+    .await;
 }
 
-async fn requeue(acker: &Acker) {
-    let _ = acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+/// Hand a delivery back to the queue.
+pub(crate) fn requeue(acker: &Acker) -> impl Future<Output = lapin::Result<bool>> + '_ {
+    acker.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    })
+}
+
+/// Run acks, nacks or rejects concurrently, all within [`SETTLE_TIMEOUT`].
+pub(crate) async fn settle<F>(what: &'static str, settles: impl IntoIterator<Item = F>)
+where
+    F: Future<Output = lapin::Result<bool>>,
+{
+    settle_within(SETTLE_TIMEOUT, what, settles).await;
+}
+
+/// Run settles concurrently; stop waiting after `limit`. The commands are already queued on the
+/// connection by then, so one the broker still takes goes out anyway. True when all completed.
+async fn settle_within<F>(
+    limit: Duration,
+    what: &'static str,
+    settles: impl IntoIterator<Item = F>,
+) -> bool
+where
+    F: Future<Output = lapin::Result<bool>>,
+{
+    let settles: Vec<F> = settles.into_iter().collect();
+    if settles.is_empty() {
+        return true;
+    }
+    let n = settles.len();
+    if tokio::time::timeout(limit, futures_util::future::join_all(settles))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            deliveries = n,
+            "broker did not take the {what} in time; unsettled messages are redelivered and \
+             their claims dropped"
+        );
+        return false;
+    }
+    true
 }
 
 async fn execute(
@@ -182,7 +227,7 @@ async fn execute(
     let timeout_secs = u64::try_from(task.timeout_secs).unwrap_or(1).max(1);
     // Long tasks would outlive the broker's consumer timeout; ack now and let the lease guard them.
     let acker = if timeout_secs > shared.options.early_ack_secs {
-        let _ = acker.ack(BasicAckOptions::default()).await;
+        settle("ack", [acker.ack(BasicAckOptions::default())]).await;
         None
     } else {
         Some(acker)
@@ -334,11 +379,14 @@ pub(crate) async fn record_loop(
             );
             continue;
         }
-        for job in taken {
-            if let Some(acker) = job.acker {
-                let _ = acker.ack(BasicAckOptions::default()).await;
-            }
-        }
+        settle(
+            "ack",
+            taken
+                .iter()
+                .filter_map(|j| j.acker.as_ref())
+                .map(|a| a.ack(BasicAckOptions::default())),
+        )
+        .await;
     }
 }
 
@@ -427,5 +475,38 @@ pub(crate) async fn dead_letter(
         .await
     {
         tracing::warn!(task_id = %task_id, error = %e, "cannot copy the failed task to the dead queue");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered() -> futures_util::future::Ready<lapin::Result<bool>> {
+        futures_util::future::ready(Ok(true))
+    }
+
+    #[tokio::test]
+    async fn settling_waits_for_every_answer() {
+        let all = [answered(), answered(), answered()];
+        assert!(settle_within(Duration::from_secs(5), "ack", all).await);
+        let none: [futures_util::future::Ready<lapin::Result<bool>>; 0] = [];
+        assert!(settle_within(Duration::from_secs(5), "ack", none).await);
+    }
+
+    /// An ack the connection never completes (a connection the broker is closing) must not hold
+    /// up the loop that sent it: every task claimed after it would stay `running`, unrecorded.
+    #[tokio::test]
+    async fn settling_gives_up_on_an_ack_that_never_completes() {
+        let started = Instant::now();
+        let settles = [
+            futures_util::future::Either::Left(answered()),
+            futures_util::future::Either::Right(async {
+                std::future::pending::<()>().await;
+                Ok(true)
+            }),
+        ];
+        assert!(!settle_within(Duration::from_millis(100), "ack", settles).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

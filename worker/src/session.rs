@@ -5,8 +5,8 @@ use bgagent_shared::broker::{self, ControlMessage, TaskMessage};
 use bgagent_shared::db;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::AMQPValue;
 use lapin::types::FieldTable;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::pipeline::{requeue, settle};
 use crate::state::Shared;
 
 /// Why a session ended.
@@ -143,22 +144,20 @@ async fn consume(
             }
         };
         // Stop the flow, then hand back whatever the broker had already pushed to us.
-        if let Err(e) = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await
         {
-            return Ended::Lost(format!("basic.cancel: {e}"));
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ended::Lost(format!("basic.cancel: {e}")),
+            Err(_) => return Ended::Lost("basic.cancel timed out".into()),
         }
         while let Ok(Some(Ok(delivery))) =
             tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
         {
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            settle("requeue", [requeue(&delivery.acker)]).await;
         }
         tracing::info!(consumer = %tag, "consumer cancelled");
         if let Some(ended) = stop_reason {
@@ -283,7 +282,7 @@ async fn watch_dead_letters(shared: &Shared, channel: &Channel) -> bgagent_share
                 }
             }
         }
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        settle("ack", [delivery.acker.ack(BasicAckOptions::default())]).await;
     }
     Ok(())
 }
