@@ -177,7 +177,7 @@ pub async fn check(
             "stuck = {} (not terminal {timeout:?} after the last fault)",
             row.stuck
         ));
-        describe_stuck(db, &ids, &mut row).await;
+        describe_stuck(db, &ids, &receipts, &mut row).await;
     }
     if done_at.is_none() && row.stuck == 0 && row.lost == 0 {
         row.fail("tasks were not terminal by the deadline");
@@ -189,7 +189,7 @@ pub async fn check(
 type StuckGroup = (String, i32, Option<String>, bool, bool, bool, i64, Uuid);
 
 /// What the stuck rows look like, for the report.
-async fn describe_stuck(db: &PgPool, ids: &[Uuid], row: &mut Row) {
+async fn describe_stuck(db: &PgPool, ids: &[Uuid], receipts: &[Receipt], row: &mut Row) {
     let groups: Vec<StuckGroup> = sqlx::query_as(
         "select status, attempts, worker_id, published_at is not null,
                 coalesce(lease_until > now(), false), cancel_requested, count(*), min(id::text)::uuid
@@ -201,6 +201,25 @@ async fn describe_stuck(db: &PgPool, ids: &[Uuid], row: &mut Row) {
     .fetch_all(db)
     .await
     .unwrap_or_default();
+    let stuck: Vec<Uuid> = sqlx::query_scalar(
+        "select id from tasks
+         where id = any($1) and status not in ('succeeded', 'failed', 'cancelled')",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    let stuck: HashSet<Uuid> = stuck.into_iter().collect();
+    let reached: HashSet<Uuid> = receipts
+        .iter()
+        .filter_map(|r| r.task_id)
+        .filter(|id| stuck.contains(id))
+        .collect();
+    row.note(format!(
+        "stuck: {} of the {} stuck tasks reached the agent (ran, then were never recorded)",
+        reached.len(),
+        stuck.len()
+    ));
     for (status, attempts, worker, published, leased, cancel, n, sample) in groups {
         row.note(format!(
             "stuck: {n} × status={status} attempts={attempts} worker={} published={published} \
