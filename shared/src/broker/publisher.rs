@@ -22,6 +22,10 @@ use crate::{Error, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Connecting, enabling confirms and declaring the topology, together.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handing one message to the connection.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Open a named connection (shown in the management UI).
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
@@ -117,7 +121,12 @@ impl Publisher {
         {
             return Err(Error::Broker("unreachable (retrying shortly)".into()));
         }
-        match self.open_channel().await {
+        // Bounded as a whole: a broker that accepts the connection but never answers must not
+        // hold this lock (and every publisher waiting on it) forever.
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.open_channel())
+            .await
+            .unwrap_or_else(|_| Err(Error::Broker("opening a channel timed out".into())));
+        match opened {
             Ok(ch) => {
                 state.channel = Some(ch.clone());
                 state.retry_at = None;
@@ -310,9 +319,11 @@ async fn publish(
         mandatory: !routing_key.is_empty(),
         ..Default::default()
     };
-    Ok(channel
-        .basic_publish(exchange.into(), routing_key.into(), options, body, props)
-        .await?)
+    let send = channel.basic_publish(exchange.into(), routing_key.into(), options, body, props);
+    match tokio::time::timeout(SEND_TIMEOUT, send).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(Error::Broker("publish timed out".into())),
+    }
 }
 
 fn is_confirmed(result: &lapin::Result<Confirmation>) -> bool {
