@@ -51,7 +51,9 @@ impl Enqueuer {
         let mut set = JoinSet::new();
         let (marks, marks_rx) = mpsc::channel(1024);
         set.spawn(mark_loop(db.clone(), marks_rx));
-        let (publish, publish_rx) = mpsc::channel(1024);
+        // A short queue: when publishing falls behind, inserting slows down with it (back-pressure)
+        // instead of piling up rows that the relay would then publish a second time.
+        let (publish, publish_rx) = mpsc::channel(8);
         let publish_rx = Arc::new(Mutex::new(publish_rx));
         // Two publishers: one waits for its confirms while the other sends the next batch.
         for _ in 0..2 {

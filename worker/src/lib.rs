@@ -58,6 +58,9 @@ impl WorkerCommand {
     }
 }
 
+/// Concurrent outcome writers (each one statement per batch).
+const RECORD_LOOPS: usize = 3;
+
 /// A worker ready to run.
 pub struct Worker {
     shared: Arc<Shared>,
@@ -166,11 +169,15 @@ impl Worker {
             shutdown.clone(),
             executions.clone(),
         ));
-        let records = tokio::spawn(pipeline::record_loop(
-            shared.clone(),
-            records_rx,
-            abandon.clone(),
-        ));
+        let records_rx = Arc::new(tokio::sync::Mutex::new(records_rx));
+        let mut records = tokio::task::JoinSet::new();
+        for _ in 0..RECORD_LOOPS {
+            records.spawn(pipeline::record_loop(
+                shared.clone(),
+                records_rx.clone(),
+                abandon.clone(),
+            ));
+        }
 
         let connection = session::run(shared.clone(), deliveries_tx, shutdown.clone()).await;
 
@@ -194,7 +201,7 @@ impl Worker {
                 abandon.cancel();
             }
         });
-        let _ = records.await;
+        while records.join_next().await.is_some() {}
         deadline.abort();
         let _ = tokio::join!(relay, reaper);
         finished.cancel();

@@ -363,11 +363,19 @@ fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
 /// unacked for the broker and the lease to recover.
 pub(crate) async fn record_loop(
     shared: Arc<Shared>,
-    mut jobs: mpsc::Receiver<RecordJob>,
+    jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<RecordJob>>>,
     abandon: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
-    while jobs.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
+    loop {
+        {
+            // Several loops share the queue: while one waits for its statement to commit,
+            // another collects and writes the next batch.
+            let mut jobs = jobs.lock().await;
+            if jobs.recv_many(&mut batch, MAX_RECORD_BATCH).await == 0 {
+                return;
+            }
+        }
         let taken = std::mem::take(&mut batch);
         let stored = store(&shared, &taken, &abandon).await;
         // Recorded, or left to the lease: either way this process stops renewing them.
