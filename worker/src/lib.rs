@@ -183,7 +183,7 @@ impl Worker {
 
         // Draining: no consumer any more; unclaimed deliveries were handed back.
         tracing::info!(worker_id = %shared.id, in_flight = shared.metrics.in_flight.get(), "draining");
-        let _ = claims.await;
+        bounded_join(claims).await;
         executions.close();
         let grace = Duration::from_secs(shared.options.shutdown_grace_secs);
         if tokio::time::timeout(grace, executions.wait())
@@ -203,17 +203,32 @@ impl Worker {
         });
         while records.join_next().await.is_some() {}
         deadline.abort();
-        let _ = tokio::join!(relay, reaper);
+        // Every remaining step is bounded, so a stop always ends even if a dependency hangs.
+        for task in [relay, reaper] {
+            bounded_join(task).await;
+        }
         finished.cancel();
-        let _ = heartbeat.await;
+        bounded_join(heartbeat).await;
         if let Err(e) = db::workers::mark_stopped(&shared.db, &shared.id).await {
             tracing::warn!(error = %e, "cannot mark the worker stopped");
         }
         if let Some(conn) = connection {
-            let _ = conn.close(200, "worker stopped".into()).await;
+            let _ = tokio::time::timeout(STOP_STEP, conn.close(200, "worker stopped".into())).await;
         }
         tracing::info!(worker_id = %shared.id, "worker stopped");
         Ok(())
+    }
+}
+
+/// Longest wait for one step of the final shutdown.
+const STOP_STEP: Duration = Duration::from_secs(10);
+
+/// Wait for a background loop to end, aborting it if it takes longer than [`STOP_STEP`].
+async fn bounded_join(task: tokio::task::JoinHandle<()>) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(STOP_STEP, task).await.is_err() {
+        tracing::warn!("a background loop did not stop in time; aborted");
+        abort.abort();
     }
 }
 

@@ -40,7 +40,12 @@ pub(crate) async fn run(
         if stopping.is_cancelled() {
             return None;
         }
-        match open(&shared).await {
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(Duration::from_secs(15), open(&shared)) => opened
+                .unwrap_or_else(|_| Err(bgagent_shared::Error::Broker("opening the session timed out".into()))),
+            () = stopping.cancelled() => return None,
+        };
+        match opened {
             Ok((conn, channel)) => {
                 backoff = Duration::from_millis(250);
                 shared.connected.store(true, Ordering::Relaxed);
