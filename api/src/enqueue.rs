@@ -53,7 +53,7 @@ impl Enqueuer {
         set.spawn(mark_loop(db.clone(), marks_rx));
         // A short queue: when publishing falls behind, inserting slows down with it (back-pressure)
         // instead of piling up rows that the relay would then publish a second time.
-        let (publish, publish_rx) = mpsc::channel(8);
+        let (publish, publish_rx) = mpsc::channel(64);
         let publish_rx = Arc::new(Mutex::new(publish_rx));
         // Two publishers: one waits for its confirms while the other sends the next batch.
         for _ in 0..2 {
