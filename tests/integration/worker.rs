@@ -254,24 +254,9 @@ async fn registered_agents_get_the_documented_request_and_answers_decide_the_out
     assert_eq!(outcomes, ["retry", "retry", "succeeded"]);
 
     // A 400 fails at once, with the agent's answer in the error.
-    let rejecting = FakeAgent::start(vec![Reply {
-        status: 400,
-        body: "bad command".into(),
-        retry_after: None,
-        delay: Duration::ZERO,
-    }])
-    .await;
-    api.post(
-        "/agents/register",
-        &json!({"name": "strict", "endpoint": rejecting.url}),
-    )
-    .await;
-    let task = api
-        .enqueue(&json!({"agent": "strict", "command": "nope"}))
-        .await;
-    let done = env
-        .wait_task(id_of(&task), WAIT, |t| t.status.is_terminal())
-        .await;
+    let mut bad = Reply::status(400);
+    bad.body = "bad command".into();
+    let (rejecting, done) = run_once_via(&env, &api, "strict", bad).await;
     assert_eq!((done.status, done.attempts), (TaskStatus::Failed, 1));
     assert!(
         done.last_error.as_deref().unwrap().contains("400"),
@@ -282,25 +267,34 @@ async fn registered_agents_get_the_documented_request_and_answers_decide_the_out
     assert_eq!(rejecting.receipts().len(), 1);
 
     // Redirects are not followed: the task does not leave for another host.
-    let redirecting = FakeAgent::start(vec![Reply {
-        status: 307,
-        body: String::new(),
-        retry_after: None,
-        delay: Duration::ZERO,
-    }])
-    .await;
-    api.post(
-        "/agents/register",
-        &json!({"name": "bouncer", "endpoint": redirecting.url}),
-    )
-    .await;
+    let (redirecting, done) = run_once_via(&env, &api, "bouncer", Reply::status(307)).await;
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert_eq!(redirecting.receipts().len(), 1);
+}
+
+/// Register a fake agent `name` that answers `reply`, run one task through it, and return the
+/// agent and the finished task.
+async fn run_once_via(
+    env: &TestEnv,
+    api: &crate::common::TestApi,
+    name: &str,
+    reply: Reply,
+) -> (FakeAgent, bgagent_shared::domain::Task) {
+    let agent = FakeAgent::start(vec![reply]).await;
+    let (status, _) = api
+        .post(
+            "/agents/register",
+            &json!({"name": name, "endpoint": agent.url}),
+        )
+        .await;
+    assert_eq!(status, 200);
     let task = api
-        .enqueue(&json!({"agent": "bouncer", "command": "x"}))
+        .enqueue(&json!({"agent": name, "command": "nope"}))
         .await;
     let done = env
         .wait_task(id_of(&task), WAIT, |t| t.status.is_terminal())
         .await;
-    assert_eq!(done.status, TaskStatus::Failed);
+    (agent, done)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
