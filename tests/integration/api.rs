@@ -405,15 +405,7 @@ async fn workers_health_ready_metrics_and_openapi() {
     assert_eq!(workers["workers"][0]["id"], "w-1");
 
     // Public endpoints answer without a key.
-    let health: Value = api
-        .http
-        .get(api.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = api.public_json("/health").await;
     assert_eq!(
         health,
         json!({"status": "ok", "db_ok": true, "broker_ok": true, "paused": false, "workers": 1})
@@ -704,15 +696,7 @@ async fn broker_down_still_accepts_with_unpublished_rows() {
             .unwrap()
             .contains("postgresql")
     );
-    let health: Value = api
-        .http
-        .get(api.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = api.public_json("/health").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["broker_ok"], false);
     assert_eq!(health["db_ok"], true);
@@ -726,11 +710,7 @@ async fn broker_down_still_accepts_with_unpublished_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_answers_503_and_publishes_nothing() {
     let env = TestEnv::new().await;
-    let mut config = env.api_config();
-    config.database.database_url =
-        Some("postgres://postgres@127.0.0.1:1/bgagent".to_owned().into());
-    config.database.db_acquire_timeout_secs = 1;
-    let api = TestApi::spawn(config).await;
+    let api = env.spawn_api_without_database().await;
 
     let got = api
         .post("/enqueue", &json!({"agent": "echo", "command": "x"}))

@@ -298,11 +298,7 @@ fn quick_retries(base: &str, max_retries: u32) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_retries_503_from_an_api_whose_database_is_down() {
     let env = TestEnv::new().await;
-    let mut config = env.api_config();
-    config.database.database_url =
-        Some("postgres://postgres@127.0.0.1:1/bgagent".to_owned().into());
-    config.database.db_acquire_timeout_secs = 1;
-    let api = TestApi::spawn(config).await;
+    let api = env.spawn_api_without_database().await;
 
     let err = quick_retries(&api.base, 2)
         .list_tasks(&TaskQuery::default())

@@ -285,6 +285,15 @@ impl TestEnv {
         }
     }
 
+    /// An API of this test whose PostgreSQL is unreachable (nothing listens on port 1).
+    pub async fn spawn_api_without_database(&self) -> TestApi {
+        let mut config = self.api_config();
+        config.database.database_url =
+            Some("postgres://postgres@127.0.0.1:1/bgagent".to_owned().into());
+        config.database.db_acquire_timeout_secs = 1;
+        TestApi::spawn(config).await
+    }
+
     pub async fn spawn_api(&self) -> TestApi {
         TestApi::spawn(self.api_config()).await
     }
@@ -428,6 +437,18 @@ impl TestApi {
             .text()
             .await
             .expect("body")
+    }
+
+    /// A public endpoint's JSON body, fetched without the key.
+    pub async fn public_json(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON body")
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
