@@ -21,7 +21,7 @@ pub async fn claim(
         "update tasks set status = 'running', attempts = attempts + 1, worker_id = $2,
                 lease_until = now() + make_interval(secs => $3), started_at = now(),
                 updated_at = now()
-         where id = any($1) and status = 'queued' and run_at <= now()
+         where id = any($1) and (status = 'queued' and run_at <= now()) is true
          returning ",
         crate::task_columns!()
     ))
@@ -108,8 +108,8 @@ pub async fn record(
                  lease_until = null,
                  updated_at = now()
              from input i
-             where t.id = i.id and t.attempts = i.attempt and t.status = 'running'
-               and t.worker_id = $9
+             where t.id = any($1) and t.id = i.id
+               and (t.attempts = i.attempt and t.status = 'running' and t.worker_id = $9) is true
              returning t.id, t.agent, t.status, t.attempts,
                        case when t.cancel_requested then 'cancelled' else i.outcome end as outcome,
                        case when t.cancel_requested then 'cancelled by request' else i.error end
@@ -150,8 +150,8 @@ pub async fn release(
                 published_at = null, lease_until = null, updated_at = now(),
                 last_error = 'interrupted by worker shutdown'
          from unnest($1::uuid[], $2::int[]) as i(id, attempt)
-         where t.id = i.id and t.attempts = i.attempt and t.status = 'running'
-           and t.worker_id = $3",
+         where t.id = any($1) and t.id = i.id
+           and (t.attempts = i.attempt and t.status = 'running' and t.worker_id = $3) is true",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -181,7 +181,7 @@ pub async fn renew_leases(
     Ok(sqlx::query_scalar(
         "with renewed as (
              update tasks set lease_until = now() + make_interval(secs => $2)
-             where id = any($3) and worker_id = $1 and status = 'running'
+             where id = any($3) and (worker_id = $1 and status = 'running') is true
              returning id, cancel_requested
          )
          select id from renewed where cancel_requested",
