@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::TestEnv;
+use bgagent_shared::db;
 use bgagent_shared::domain::TaskStatus;
 use bgagent_worker::WorkerOptions;
 use serde_json::json;
@@ -64,4 +65,52 @@ async fn a_worker_restarted_with_the_same_id_lets_orphaned_leases_expire() {
         vec![(1, "retry".to_owned()), (2, "succeeded".to_owned())]
     );
     worker.stop().await;
+}
+
+/// A task a worker claimed and then handed back on shutdown (attempts back to 0, unpublished) must
+/// not be marked published by a publish confirmation that arrives late: its first message is gone,
+/// so only the relay can publish it again, and a mark would leave it queued forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_publish_mark_leaves_a_handed_back_task_to_the_relay() {
+    let env = TestEnv::new().await;
+    let id = Uuid::now_v7();
+    sqlx::query("insert into tasks (id, agent, command) values ($1, 'echo', 'handed back')")
+        .bind(id)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let claimed = db::runs::claim(&env.db, &[id], "w-stopping", 30)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let released = db::runs::release(&env.db, "w-stopping", &[(id, 1)])
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+
+    let marked = db::tasks::mark_published(&env.db, &[id]).await.unwrap();
+    assert_eq!(marked, 0, "a claimed task's first message is spent");
+    let mut tx = env.db.begin().await.unwrap();
+    let relayed = db::runs::lock_unpublished(&mut tx, 10, 0.0).await.unwrap();
+    assert_eq!(
+        relayed,
+        vec![id],
+        "the relay publishes the handed-back task"
+    );
+    tx.rollback().await.unwrap();
+
+    // A task never claimed is marked, and the relay leaves it alone.
+    let fresh = Uuid::now_v7();
+    sqlx::query("insert into tasks (id, agent, command) values ($1, 'echo', 'fresh')")
+        .bind(fresh)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        db::tasks::mark_published(&env.db, &[fresh]).await.unwrap(),
+        1
+    );
+    let mut tx = env.db.begin().await.unwrap();
+    let relayed = db::runs::lock_unpublished(&mut tx, 10, 0.0).await.unwrap();
+    assert_eq!(relayed, vec![id]);
 }

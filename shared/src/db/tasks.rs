@@ -113,13 +113,15 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
     Ok(out)
 }
 
-/// Record that the broker confirmed these new tasks' first messages. Only rows still waiting for
-/// their first run are marked: a task a worker already claimed and sent back for a retry must stay
-/// unpublished, or the relay would never publish its retry.
+/// Record that the broker confirmed these new tasks' first messages. Only rows no worker ever
+/// claimed are marked: a task a worker claimed and then sent back (a retry, or a hand-back on
+/// shutdown, which also returns `attempts` to 0) has had its first message consumed and must stay
+/// unpublished, or the relay would never publish it again.
 pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64> {
     let done = sqlx::query(
         "update tasks set published_at = now()
-         where id = any($1) and published_at is null and status = 'queued' and attempts = 0",
+         where id = any($1)
+           and (published_at is null and status = 'queued' and started_at is null) is true",
     )
     .bind(ids)
     .execute(db)
