@@ -14,9 +14,12 @@ use bgagent_shared::db::tasks::Inserted;
 use bgagent_shared::domain::NewTask;
 use chrono::Utc;
 use sqlx::PgPool;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::{ApiError, ApiResult};
@@ -185,15 +188,57 @@ async fn publish_loop(
     }
 }
 
-/// Mark confirmed tasks published, many batches per statement. If a mark is lost (crash,
-/// database error) the relay publishes those rows again: a duplicate message, which the
-/// worker's claim turns into a no-op.
+/// How long a confirmed task waits before it is marked published. Most tasks are claimed by then,
+/// and the mark skips claimed rows without writing them, which saves a row version per task; the
+/// wait stays well inside the relay's grace for fresh rows, so the relay does not republish them.
+const MARK_DELAY: Duration = Duration::from_secs(1);
+
+/// Mark confirmed tasks published, [`MARK_DELAY`] after their confirm and many batches per
+/// statement. If a mark is lost (crash, database error) the relay publishes those rows again: a
+/// duplicate message, which the worker's claim turns into a no-op.
 async fn mark_loop(db: PgPool, mut marks: mpsc::Receiver<Vec<uuid::Uuid>>) {
-    let mut batches = Vec::new();
-    while marks.recv_many(&mut batches, 64).await > 0 {
-        let ids: Vec<uuid::Uuid> = batches.drain(..).flatten().collect();
-        if let Err(e) = db::tasks::mark_published(&db, &ids).await {
-            tracing::warn!(error = %e, tasks = ids.len(), "cannot mark tasks published; the relay will republish them");
+    let mut waiting: VecDeque<(Instant, Vec<uuid::Uuid>)> = VecDeque::new();
+    loop {
+        let due_at = waiting
+            .front()
+            .map(|(confirmed, _)| *confirmed + MARK_DELAY);
+        tokio::select! {
+            batch = marks.recv() => match batch {
+                Some(ids) => waiting.push_back((Instant::now(), ids)),
+                None => break,
+            },
+            () = sleep_until_or_forever(due_at) => {
+                let now = Instant::now();
+                let mut ids = Vec::new();
+                while let Some((confirmed, _)) = waiting.front() {
+                    if *confirmed + MARK_DELAY > now {
+                        break;
+                    }
+                    if let Some((_, batch)) = waiting.pop_front() {
+                        ids.extend(batch);
+                    }
+                }
+                mark(&db, &ids).await;
+            }
         }
+    }
+    // Shutting down: mark the rest now, so a restart does not republish them.
+    let ids: Vec<uuid::Uuid> = waiting.into_iter().flat_map(|(_, ids)| ids).collect();
+    mark(&db, &ids).await;
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn mark(db: &PgPool, ids: &[uuid::Uuid]) {
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = db::tasks::mark_published(db, ids).await {
+        tracing::warn!(error = %e, tasks = ids.len(), "cannot mark tasks published; the relay will republish them");
     }
 }
