@@ -29,9 +29,9 @@ fn options(url: &str, application_name: &str) -> Result<PgConnectOptions> {
     let opts = PgConnectOptions::from_str(url)
         .map_err(|e| Error::Config(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?;
     // The application name shows in pg_stat_activity, so operators see who holds connections.
-    // Custom plans: the hot statements are batched, so planning each one costs little, while a
-    // generic plan cached when `tasks` was small (a seq scan) stays on the connection long after
-    // the table has grown.
+    // Every statement here is served by an index. A prepared statement's generic plan, chosen
+    // once while `tasks` was small, would otherwise keep a seq scan long after the table grew;
+    // re-planning every execution instead cost a quarter of the database's time.
     Ok(opts
         .application_name(application_name)
         .options([("enable_seqscan", "off")])
