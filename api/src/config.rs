@@ -33,8 +33,9 @@ pub struct ApiConfig {
     /// Apply database migrations at start (turn off when a migration job runs them).
     #[arg(long, env = "BGAGENT_MIGRATE", default_value_t = true, action = ArgAction::Set)]
     pub migrate: bool,
-    /// Concurrent group-commit loops for enqueue.
-    #[arg(long, env = "BGAGENT_ENQUEUE_LOOPS", default_value_t = 4)]
+    /// Concurrent group-commit loops for enqueue. One suits a database on the same few cores
+    /// (largest batches, least CPU); more can lower latency when the database is remote.
+    #[arg(long, env = "BGAGENT_ENQUEUE_LOOPS", default_value_t = 1)]
     pub enqueue_loops: usize,
 }
 

@@ -58,8 +58,9 @@ impl WorkerCommand {
     }
 }
 
-/// Concurrent outcome writers (each one statement per batch).
-const RECORD_LOOPS: usize = 3;
+/// Concurrent outcome writers (each one statement per batch). One: the next batch gathers while a
+/// statement commits, and fewer, larger statements measured ~10 % faster end to end than three.
+const RECORD_LOOPS: usize = 1;
 
 /// A worker ready to run.
 pub struct Worker {
