@@ -7,6 +7,7 @@
 //! token fires, then drains: in-flight tasks get `BGAGENT_SHUTDOWN_GRACE_SECS` to finish and the
 //! rest are handed back to the queue, so a clean stop leaves nothing `running`.
 
+mod acks;
 pub mod backoff;
 pub mod config;
 pub mod executor;

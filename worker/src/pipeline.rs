@@ -8,8 +8,7 @@ use bgagent_shared::domain::Task;
 use chrono::Utc;
 use futures_util::FutureExt;
 use lapin::Acker;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::BasicNackOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use std::collections::HashMap;
@@ -22,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::acks::{self, Pending, Received};
 use crate::executor::{ExecResult, TaskError};
 use crate::state::Shared;
 
@@ -55,13 +55,13 @@ pub(crate) struct RecordJob {
     started_at: chrono::DateTime<Utc>,
     outcome: Outcome,
     /// None when the delivery was acknowledged at claim (long tasks).
-    acker: Option<Acker>,
+    delivery: Option<Pending>,
 }
 
 /// Take deliveries, claim them in batches, and start the claimed tasks.
 pub(crate) async fn claim_loop(
     shared: Arc<Shared>,
-    mut deliveries: mpsc::Receiver<Delivery>,
+    mut deliveries: mpsc::Receiver<Received>,
     records: mpsc::Sender<RecordJob>,
     stopping: CancellationToken,
     executions: TaskTracker,
@@ -87,7 +87,7 @@ pub(crate) async fn claim_loop(
         let taken = std::mem::take(&mut batch);
         if stopping.is_cancelled() || shared.is_paused() {
             // Nothing new starts while stopping or paused: hand the messages back.
-            settle("requeue", taken.iter().map(|d| requeue(&d.acker))).await;
+            acks::requeue(taken.into_iter().map(|d| d.pending)).await;
             continue;
         }
         claim_batch(&shared, taken, permits, &records, &stopping, &executions).await;
@@ -96,7 +96,7 @@ pub(crate) async fn claim_loop(
 
 async fn claim_batch(
     shared: &Arc<Shared>,
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<Received>,
     mut permits: Vec<OwnedSemaphorePermit>,
     records: &mpsc::Sender<RecordJob>,
     stopping: &CancellationToken,
@@ -105,7 +105,7 @@ async fn claim_batch(
     let mut parsed = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match serde_json::from_slice::<TaskMessage>(&delivery.data) {
-            Ok(msg) => parsed.push((msg.task_id, delivery)),
+            Ok(msg) => parsed.push((msg.task_id, delivery.pending)),
             Err(e) => {
                 // Reject without requeue: the queue dead-letters it for an operator to inspect.
                 tracing::warn!(error = %e, "unparseable message sent to the dead queue");
@@ -114,11 +114,7 @@ async fn claim_batch(
                     .executor_errors
                     .with_label_values(&["unparseable"])
                     .inc();
-                settle(
-                    "reject",
-                    [delivery.acker.reject(BasicRejectOptions { requeue: false })],
-                )
-                .await;
+                acks::reject(delivery.pending).await;
             }
         }
     }
@@ -132,7 +128,7 @@ async fn claim_batch(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim tasks; retrying");
                 if stopping.is_cancelled() {
-                    settle("requeue", parsed.iter().map(|(_, d)| requeue(&d.acker))).await;
+                    acks::requeue(parsed.into_iter().map(|(_, d)| d)).await;
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -148,28 +144,18 @@ async fn claim_batch(
             Some(task) => {
                 let span = tracing::info_span!("task", task_id = %task.id, agent = %task.agent, attempt = task.attempts);
                 executions.spawn(
-                    execute(
-                        shared.clone(),
-                        task,
-                        delivery.acker,
-                        permit,
-                        records.clone(),
-                    )
-                    .instrument(span),
+                    execute(shared.clone(), task, delivery, permit, records.clone())
+                        .instrument(span),
                 );
             }
             // Finished, cancelled, running elsewhere or not yet due: a duplicate or stale message.
             None => {
                 tracing::debug!(task_id = %id, "message for an unclaimable task dropped");
-                dropped.push(delivery.acker);
+                dropped.push(delivery);
             }
         }
     }
-    settle(
-        "ack",
-        dropped.iter().map(|a| a.ack(BasicAckOptions::default())),
-    )
-    .await;
+    acks::ack(dropped).await;
 }
 
 /// Hand a delivery back to the queue.
@@ -220,17 +206,17 @@ where
 async fn execute(
     shared: Arc<Shared>,
     task: Task,
-    acker: Acker,
+    delivery: Pending,
     permit: OwnedSemaphorePermit,
     records: mpsc::Sender<RecordJob>,
 ) {
     let timeout_secs = u64::try_from(task.timeout_secs).unwrap_or(1).max(1);
     // Long tasks would outlive the broker's consumer timeout; ack now and let the lease guard them.
-    let acker = if timeout_secs > shared.options.early_ack_secs {
-        settle("ack", [acker.ack(BasicAckOptions::default())]).await;
+    let delivery = if timeout_secs > shared.options.early_ack_secs {
+        acks::ack([delivery]).await;
         None
     } else {
-        Some(acker)
+        Some(delivery)
     };
     let token = shared.interrupt.child_token();
     if let Ok(mut running) = shared.running.lock() {
@@ -285,7 +271,7 @@ async fn execute(
         max_attempts: task.max_attempts,
         started_at,
         outcome,
-        acker,
+        delivery,
     };
     if records.send(job).await.is_err() {
         shared.unhold([(task.id, task.attempts)]);
@@ -387,14 +373,7 @@ pub(crate) async fn record_loop(
             );
             continue;
         }
-        settle(
-            "ack",
-            taken
-                .iter()
-                .filter_map(|j| j.acker.as_ref())
-                .map(|a| a.ack(BasicAckOptions::default())),
-        )
-        .await;
+        acks::ack(taken.into_iter().filter_map(|j| j.delivery)).await;
     }
 }
 

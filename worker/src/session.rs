@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::{ChannelAcks, Received};
 use crate::pipeline::{requeue, settle};
 use crate::state::Shared;
 
@@ -32,7 +33,7 @@ enum Ended {
 /// can finish acknowledging before it closes it.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    deliveries: mpsc::Sender<lapin::message::Delivery>,
+    deliveries: mpsc::Sender<Received>,
     stopping: CancellationToken,
 ) -> Option<Connection> {
     let mut backoff = Duration::from_millis(250);
@@ -100,12 +101,14 @@ async fn open(shared: &Shared) -> bgagent_shared::Result<(Connection, Channel)> 
 async fn consume(
     shared: &Shared,
     channel: &Channel,
-    deliveries: &mpsc::Sender<lapin::message::Delivery>,
+    deliveries: &mpsc::Sender<Received>,
     stopping: &CancellationToken,
 ) -> Ended {
     let mut paused = shared.paused.subscribe();
     let mut health = tokio::time::interval(Duration::from_secs(1));
     let mut generation = 0u64;
+    // Delivery tags belong to the channel, across its consumers.
+    let acks = ChannelAcks::default();
     loop {
         // Paused: no consumer at all, so the broker sends nothing.
         while *paused.borrow_and_update() {
@@ -137,7 +140,7 @@ async fn consume(
             tokio::select! {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        if deliveries.send(delivery).await.is_err() {
+                        if deliveries.send(acks.receive(delivery).await).await.is_err() {
                             return Ended::Stopping;
                         }
                     }

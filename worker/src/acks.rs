@@ -1,0 +1,201 @@
+//! Acknowledgements of one broker channel, coalesced.
+//!
+//! Every delivery is registered in arrival (delivery-tag) order. When a batch of outcomes is
+//! stored, one `basic.ack` with `multiple` settles every delivery of the batch whose tag lies
+//! below the lowest delivery still being worked on; only the others are acked one by one. That
+//! is one frame (and one quorum-queue settle command) per batch instead of one per task.
+//!
+//! A multiple ack settles everything unacked up to its tag, so it must never overtake a delivery
+//! that is still running, nor race a nack of a lower tag: all settles of a channel are therefore
+//! sent under its lock, in order. A delivery dropped without a settle stays outstanding, which
+//! only stops later acks from being coalesced past it; it is never acked by accident.
+
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+use crate::pipeline::settle;
+
+/// The outstanding deliveries of one channel; cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct ChannelAcks {
+    /// Delivery tags received and not settled yet.
+    outstanding: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+impl ChannelAcks {
+    /// Register a delivery; call in the order the channel delivers.
+    pub(crate) async fn receive(&self, delivery: Delivery) -> Received {
+        self.outstanding.lock().await.insert(delivery.delivery_tag);
+        Received {
+            data: delivery.data,
+            pending: Pending {
+                tag: delivery.delivery_tag,
+                acker: delivery.acker,
+                channel: self.clone(),
+            },
+        }
+    }
+
+    fn same(&self, other: &ChannelAcks) -> bool {
+        Arc::ptr_eq(&self.outstanding, &other.outstanding)
+    }
+}
+
+/// A registered delivery: its body and what settles it.
+pub(crate) struct Received {
+    pub(crate) data: Vec<u8>,
+    pub(crate) pending: Pending,
+}
+
+/// A delivery waiting to be settled.
+pub(crate) struct Pending {
+    tag: u64,
+    acker: Acker,
+    channel: ChannelAcks,
+}
+
+/// Acknowledge deliveries (of any channels), coalescing each channel's into as few frames as the
+/// deliveries still outstanding allow.
+pub(crate) async fn ack(pending: impl IntoIterator<Item = Pending>) {
+    let mut groups: Vec<(ChannelAcks, Vec<Pending>)> = Vec::new();
+    for p in pending {
+        match groups.iter_mut().find(|(c, _)| c.same(&p.channel)) {
+            Some((_, group)) => group.push(p),
+            None => groups.push((p.channel.clone(), vec![p])),
+        }
+    }
+    for (channel, group) in groups {
+        let mut outstanding = channel.outstanding.lock().await;
+        let tags: Vec<u64> = group.iter().map(|p| p.tag).collect();
+        let plan = coalesce(&mut outstanding, &tags);
+        let multiple = group
+            .iter()
+            .find(|p| Some(p.tag) == plan.multiple_up_to)
+            .map(|p| p.acker.ack(BasicAckOptions { multiple: true }));
+        let single = group
+            .iter()
+            .filter(|p| plan.singles.contains(&p.tag))
+            .map(|p| p.acker.ack(BasicAckOptions::default()));
+        settle("ack", multiple.into_iter().chain(single)).await;
+    }
+}
+
+/// How to ack a set of tags.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// One ack with `multiple` at this tag settles every acked tag up to it.
+    multiple_up_to: Option<u64>,
+    /// Tags above a delivery still outstanding: acked one by one.
+    singles: Vec<u64>,
+}
+
+/// Remove `tags` from `outstanding` and plan their acks.
+fn coalesce(outstanding: &mut BTreeSet<u64>, tags: &[u64]) -> Plan {
+    for tag in tags {
+        outstanding.remove(tag);
+    }
+    let lowest_open = outstanding.first().copied().unwrap_or(u64::MAX);
+    let (covered, mut singles): (Vec<u64>, Vec<u64>) =
+        tags.iter().partition(|tag| **tag < lowest_open);
+    singles.sort_unstable();
+    Plan {
+        multiple_up_to: covered.into_iter().max(),
+        singles,
+    }
+}
+
+/// Hand deliveries back to the queue.
+pub(crate) async fn requeue(pending: impl IntoIterator<Item = Pending>) {
+    for p in pending {
+        let mut outstanding = p.channel.outstanding.lock().await;
+        outstanding.remove(&p.tag);
+        let nack = p.acker.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        });
+        settle("requeue", [nack]).await;
+    }
+}
+
+/// Reject a delivery without requeue: the queue dead-letters it.
+pub(crate) async fn reject(p: Pending) {
+    let mut outstanding = p.channel.outstanding.lock().await;
+    outstanding.remove(&p.tag);
+    settle(
+        "reject",
+        [p.acker.reject(BasicRejectOptions { requeue: false })],
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(tags: &[u64]) -> BTreeSet<u64> {
+        tags.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_batch_below_every_open_delivery_is_one_multiple_ack() {
+        let mut open = set(&[1, 2, 3, 4, 5]);
+        let plan = coalesce(&mut open, &[3, 1, 2]);
+        assert_eq!(
+            plan,
+            Plan {
+                multiple_up_to: Some(3),
+                singles: vec![]
+            }
+        );
+        assert_eq!(open, set(&[4, 5]));
+    }
+
+    #[test]
+    fn tags_above_a_running_delivery_are_acked_alone() {
+        // 2 is still running: a multiple ack at 4 would settle it too.
+        let mut open = set(&[1, 2, 3, 4]);
+        let plan = coalesce(&mut open, &[1, 3, 4]);
+        assert_eq!(
+            plan,
+            Plan {
+                multiple_up_to: Some(1),
+                singles: vec![3, 4]
+            }
+        );
+        assert_eq!(open, set(&[2]));
+    }
+
+    #[test]
+    fn once_the_straggler_is_acked_the_rest_coalesce_again() {
+        let mut open = set(&[2, 5, 6]);
+        let plan = coalesce(&mut open, &[2, 6]);
+        assert_eq!(
+            plan,
+            Plan {
+                multiple_up_to: Some(2),
+                singles: vec![6]
+            }
+        );
+        let plan = coalesce(&mut open, &[5]);
+        assert_eq!(
+            plan,
+            Plan {
+                multiple_up_to: Some(5),
+                singles: vec![]
+            }
+        );
+        assert!(open.is_empty());
+    }
+
+    #[test]
+    fn nothing_outstanding_below_means_everything_coalesces() {
+        let mut open = set(&[7, 8, 9]);
+        let plan = coalesce(&mut open, &[9, 8, 7]);
+        assert_eq!(plan.multiple_up_to, Some(9));
+        assert!(plan.singles.is_empty());
+    }
+}
