@@ -118,13 +118,14 @@ impl Pipeline {
     }
 
     async fn process(&self, jobs: Vec<Job>) {
-        let tasks: Vec<NewTask> = jobs.iter().map(|j| j.task.clone()).collect();
+        let (tasks, replies): (Vec<NewTask>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.task, j.reply)).unzip();
         let inserted = match db::tasks::insert_batch(&self.db, &tasks).await {
             Ok(rows) => rows,
             Err(e) => {
                 let err = ApiError::from(e);
-                for job in jobs {
-                    let _ = job.reply.send(Err(err.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
                 }
                 return;
             }
@@ -141,9 +142,9 @@ impl Pipeline {
                 .with_label_values(&[row.task.agent.as_str()])
                 .inc();
         }
-        for (job, row) in jobs.into_iter().zip(inserted) {
+        for (reply, row) in replies.into_iter().zip(inserted) {
             tracing::debug!(task_id = %row.task.id, agent = %row.task.agent, created = row.created, "enqueued");
-            let _ = job.reply.send(Ok(row));
+            let _ = reply.send(Ok(row));
         }
         if !due.is_empty() && self.publish.send(due).await.is_err() {
             tracing::warn!("publish loop gone; the relay will publish these tasks");
