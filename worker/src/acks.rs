@@ -61,63 +61,35 @@ pub(crate) struct Pending {
 /// Acknowledge deliveries (of any channels), coalescing each channel's into as few frames as the
 /// deliveries still outstanding allow.
 pub(crate) async fn ack(pending: impl IntoIterator<Item = Pending>) {
-    let mut groups: Vec<(ChannelAcks, Vec<Pending>)> = Vec::new();
-    for p in pending {
-        match groups.iter_mut().find(|(c, _)| c.same(&p.channel)) {
-            Some((_, group)) => group.push(p),
-            None => groups.push((p.channel.clone(), vec![p])),
-        }
-    }
-    for (channel, group) in groups {
+    for (channel, group) in by_channel(pending) {
         let mut outstanding = channel.outstanding.lock().await;
-        let tags: Vec<u64> = group.iter().map(|p| p.tag).collect();
-        let plan = coalesce(&mut outstanding, &tags);
-        let multiple = group
-            .iter()
-            .find(|p| Some(p.tag) == plan.multiple_up_to)
+        let plan = coalesce(&mut outstanding, group, |p| p.tag);
+        let multiple = plan
+            .multiple_up_to
+            .as_ref()
             .map(|p| p.acker.ack(BasicAckOptions { multiple: true }));
-        let single = group
+        let single = plan
+            .singles
             .iter()
-            .filter(|p| plan.singles.contains(&p.tag))
             .map(|p| p.acker.ack(BasicAckOptions::default()));
         settle("ack", multiple.into_iter().chain(single)).await;
     }
 }
 
-/// How to ack a set of tags.
-#[derive(Debug, PartialEq)]
-struct Plan {
-    /// One ack with `multiple` at this tag settles every acked tag up to it.
-    multiple_up_to: Option<u64>,
-    /// Tags above a delivery still outstanding: acked one by one.
-    singles: Vec<u64>,
-}
-
-/// Remove `tags` from `outstanding` and plan their acks.
-fn coalesce(outstanding: &mut BTreeSet<u64>, tags: &[u64]) -> Plan {
-    for tag in tags {
-        outstanding.remove(tag);
-    }
-    let lowest_open = outstanding.first().copied().unwrap_or(u64::MAX);
-    let (covered, mut singles): (Vec<u64>, Vec<u64>) =
-        tags.iter().partition(|tag| **tag < lowest_open);
-    singles.sort_unstable();
-    Plan {
-        multiple_up_to: covered.into_iter().max(),
-        singles,
-    }
-}
-
-/// Hand deliveries back to the queue.
+/// Hand deliveries back to the queue, each channel's together.
 pub(crate) async fn requeue(pending: impl IntoIterator<Item = Pending>) {
-    for p in pending {
-        let mut outstanding = p.channel.outstanding.lock().await;
-        outstanding.remove(&p.tag);
-        let nack = p.acker.nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
+    for (channel, group) in by_channel(pending) {
+        let mut outstanding = channel.outstanding.lock().await;
+        for p in &group {
+            outstanding.remove(&p.tag);
+        }
+        let nacks = group.iter().map(|p| {
+            p.acker.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
         });
-        settle("requeue", [nack]).await;
+        settle("requeue", nacks).await;
     }
 }
 
@@ -132,6 +104,42 @@ pub(crate) async fn reject(p: Pending) {
     .await;
 }
 
+/// Deliveries grouped by their channel (a batch can span a reconnect).
+fn by_channel(pending: impl IntoIterator<Item = Pending>) -> Vec<(ChannelAcks, Vec<Pending>)> {
+    let mut groups: Vec<(ChannelAcks, Vec<Pending>)> = Vec::new();
+    for p in pending {
+        match groups.iter_mut().find(|(c, _)| c.same(&p.channel)) {
+            Some((_, group)) => group.push(p),
+            None => groups.push((p.channel.clone(), vec![p])),
+        }
+    }
+    groups
+}
+
+/// How to ack a set of deliveries.
+#[derive(Debug, PartialEq)]
+struct Plan<T> {
+    /// One ack with `multiple` at this delivery settles every acked one up to it.
+    multiple_up_to: Option<T>,
+    /// Deliveries above one still outstanding, in tag order: acked one by one.
+    singles: Vec<T>,
+}
+
+/// Remove `items` from `outstanding` and plan their acks.
+fn coalesce<T>(outstanding: &mut BTreeSet<u64>, items: Vec<T>, tag: impl Fn(&T) -> u64) -> Plan<T> {
+    for item in &items {
+        outstanding.remove(&tag(item));
+    }
+    let lowest_open = outstanding.first().copied().unwrap_or(u64::MAX);
+    let (covered, mut singles): (Vec<T>, Vec<T>) =
+        items.into_iter().partition(|item| tag(item) < lowest_open);
+    singles.sort_unstable_by_key(&tag);
+    Plan {
+        multiple_up_to: covered.into_iter().max_by_key(&tag),
+        singles,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +151,7 @@ mod tests {
     #[test]
     fn a_batch_below_every_open_delivery_is_one_multiple_ack() {
         let mut open = set(&[1, 2, 3, 4, 5]);
-        let plan = coalesce(&mut open, &[3, 1, 2]);
+        let plan = coalesce(&mut open, vec![3, 1, 2], |t| *t);
         assert_eq!(
             plan,
             Plan {
@@ -158,7 +166,7 @@ mod tests {
     fn tags_above_a_running_delivery_are_acked_alone() {
         // 2 is still running: a multiple ack at 4 would settle it too.
         let mut open = set(&[1, 2, 3, 4]);
-        let plan = coalesce(&mut open, &[1, 3, 4]);
+        let plan = coalesce(&mut open, vec![1, 3, 4], |t| *t);
         assert_eq!(
             plan,
             Plan {
@@ -172,7 +180,7 @@ mod tests {
     #[test]
     fn once_the_straggler_is_acked_the_rest_coalesce_again() {
         let mut open = set(&[2, 5, 6]);
-        let plan = coalesce(&mut open, &[2, 6]);
+        let plan = coalesce(&mut open, vec![2, 6], |t| *t);
         assert_eq!(
             plan,
             Plan {
@@ -180,7 +188,7 @@ mod tests {
                 singles: vec![6]
             }
         );
-        let plan = coalesce(&mut open, &[5]);
+        let plan = coalesce(&mut open, vec![5], |t| *t);
         assert_eq!(
             plan,
             Plan {
@@ -194,7 +202,7 @@ mod tests {
     #[test]
     fn nothing_outstanding_below_means_everything_coalesces() {
         let mut open = set(&[7, 8, 9]);
-        let plan = coalesce(&mut open, &[9, 8, 7]);
+        let plan = coalesce(&mut open, vec![9, 8, 7], |t| *t);
         assert_eq!(plan.multiple_up_to, Some(9));
         assert!(plan.singles.is_empty());
     }
