@@ -210,15 +210,11 @@ async fn mark_loop(db: PgPool, mut marks: mpsc::Receiver<Vec<uuid::Uuid>>) {
             },
             () = sleep_until_or_forever(due_at) => {
                 let now = Instant::now();
-                let mut ids = Vec::new();
-                while let Some((confirmed, _)) = waiting.front() {
-                    if *confirmed + MARK_DELAY > now {
-                        break;
-                    }
-                    if let Some((_, batch)) = waiting.pop_front() {
-                        ids.extend(batch);
-                    }
-                }
+                let due = waiting
+                    .iter()
+                    .take_while(|(confirmed, _)| *confirmed + MARK_DELAY <= now)
+                    .count();
+                let ids: Vec<uuid::Uuid> = waiting.drain(..due).flat_map(|(_, ids)| ids).collect();
                 mark(&db, &ids).await;
             }
         }
