@@ -33,6 +33,15 @@ pub struct Row {
 }
 
 impl Row {
+    /// `pass`, or `FAIL` when any invariant broke.
+    pub fn verdict(&self) -> &'static str {
+        if self.failures.is_empty() {
+            "pass"
+        } else {
+            "FAIL"
+        }
+    }
+
     pub fn fail(&mut self, why: impl Into<String>) {
         self.failures.push(why.into());
     }
@@ -265,11 +274,7 @@ pub fn text_table(rows: &[Row]) -> String {
             r.duplicates,
             secs(r.drain),
             format!("{:.0} s", r.took.as_secs_f64()),
-            if r.failures.is_empty() {
-                "pass"
-            } else {
-                "FAIL"
-            }
+            r.verdict()
         ));
     }
     out
@@ -293,11 +298,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             r.stuck,
             r.duplicates,
             secs(r.drain),
-            if r.failures.is_empty() {
-                "pass"
-            } else {
-                "FAIL"
-            }
+            r.verdict()
         ));
     }
     out

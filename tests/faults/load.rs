@@ -92,29 +92,19 @@ impl Client {
 
     /// POST with the API key; status and JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value)> {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("x-api-key", &self.key)
-            .json(body)
-            .send()
-            .await?;
-        let status = res.status();
-        let bytes = res.bytes().await?;
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
-    /// GET without a key (health).
+    /// GET with the API key; status and JSON body.
     pub async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("x-api-key", &self.key)
-            .send()
-            .await?;
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// Send with the API key; the status and the body as JSON (`null` when it is not JSON).
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, Value)> {
+        let res = request.header("x-api-key", &self.key).send().await?;
         let status = res.status();
         let bytes = res.bytes().await?;
         Ok((

@@ -173,37 +173,30 @@ impl Postgres {
     }
 
     fn ctl_start(&mut self) -> Result<()> {
-        let opts = self.server_options();
-        let data = self.data.clone();
-        let log = self.log.clone();
-        run(
-            self.command("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "-o", &opts, "start"]),
-            "pg_ctl start",
-        )?;
+        self.ctl_with_server_options(&["start"], "pg_ctl start")?;
         self.running = true;
         Ok(())
     }
 
     /// `pg_ctl restart -m fast`: every connection is cut, the server comes back on the same data.
     pub fn restart_fast(&mut self) -> Result<()> {
+        self.ctl_with_server_options(&["-m", "fast", "restart"], "pg_ctl restart")?;
+        Ok(())
+    }
+
+    /// `pg_ctl` on this data directory and log, waiting up to 60 s, with our server options.
+    fn ctl_with_server_options(&self, action: &[&str], what: &str) -> Result<String> {
         let opts = self.server_options();
-        let data = self.data.clone();
-        let log = self.log.clone();
         run(
             self.command("pg_ctl")
                 .arg("-D")
-                .arg(&data)
+                .arg(&self.data)
                 .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "-m", "fast", "-o", &opts, "restart"]),
-            "pg_ctl restart",
-        )?;
-        Ok(())
+                .arg(&self.log)
+                .args(["-w", "-t", "60", "-o", &opts])
+                .args(action),
+            what,
+        )
     }
 
     /// URL of database `name` on this server.
