@@ -31,7 +31,7 @@ use tower_http::trace::TraceLayer;
 
 pub use config::ApiConfig;
 use error::ApiError;
-use state::AppState;
+use state::{AppContext, AppState};
 
 /// `bgagent-api` / `bgagent api`: the API's settings plus logging, run until SIGTERM/SIGINT.
 #[derive(clap::Parser)]
@@ -97,14 +97,14 @@ impl Api {
         })?;
         Ok(Self {
             listener,
-            state: AppState {
+            state: AppState::new(AppContext {
                 db,
                 publisher,
                 enqueuer,
                 metrics,
-                api_key: Arc::new(api_key),
+                api_key,
                 max_body_bytes: config.max_body_bytes,
-            },
+            }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
         })

@@ -3,14 +3,19 @@
 use bgagent_shared::broker::Publisher;
 use secrecy::SecretString;
 use sqlx::PgPool;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::enqueue::Enqueuer;
 use crate::metrics::Metrics;
 
-/// What every handler can reach; cheap to clone.
+/// What every handler can reach. One `Arc`, because axum clones the state into every layer and
+/// handler of every request: a clone (and drop) is one atomic count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppContext>);
+
+/// The contents of [`AppState`].
+pub struct AppContext {
     /// PostgreSQL pool.
     pub db: PgPool,
     /// Broker publisher.
@@ -20,7 +25,22 @@ pub struct AppState {
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// The API key clients must send.
-    pub api_key: Arc<SecretString>,
+    pub api_key: SecretString,
     /// Request body limit, for error messages.
     pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// Wrap the handlers' context.
+    pub fn new(context: AppContext) -> Self {
+        Self(Arc::new(context))
+    }
+}
+
+impl Deref for AppState {
+    type Target = AppContext;
+
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
 }
