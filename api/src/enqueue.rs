@@ -12,6 +12,7 @@ use bgagent_shared::broker::Publisher;
 use bgagent_shared::db;
 use bgagent_shared::db::tasks::Inserted;
 use bgagent_shared::domain::NewTask;
+use bgagent_shared::gather::Gather;
 use chrono::Utc;
 use sqlx::PgPool;
 use std::collections::VecDeque;
@@ -100,13 +101,14 @@ struct Pipeline {
 impl Pipeline {
     async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut gather = Gather::default();
         loop {
             {
                 // Whoever holds the receiver collects the waiting requests; the others are busy
                 // committing or publishing theirs, so batches grow exactly when the database is
                 // the bottleneck.
                 let mut rx = rx.lock().await;
-                if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                if gather.next(&mut rx, &mut batch, MAX_BATCH).await == 0 {
                     return;
                 }
             }

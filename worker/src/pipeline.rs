@@ -5,6 +5,7 @@ use bgagent_shared::broker::TaskMessage;
 use bgagent_shared::db;
 use bgagent_shared::db::runs::AttemptRecord;
 use bgagent_shared::domain::Task;
+use bgagent_shared::gather::Gather;
 use chrono::Utc;
 use futures_util::FutureExt;
 use lapin::Acker;
@@ -67,6 +68,7 @@ pub(crate) async fn claim_loop(
     executions: TaskTracker,
 ) {
     let mut batch = Vec::with_capacity(MAX_CLAIM_BATCH);
+    let mut gather = Gather::default();
     loop {
         // Wait for room before taking deliveries: unclaimed tasks stay `queued` in PostgreSQL
         // (and unacked at the broker) instead of piling up here.
@@ -74,7 +76,7 @@ pub(crate) async fn claim_loop(
             return;
         };
         let room = 1 + shared.permits.available_permits().min(MAX_CLAIM_BATCH - 1);
-        if deliveries.recv_many(&mut batch, room).await == 0 {
+        if gather.next(&mut deliveries, &mut batch, room).await == 0 {
             return;
         }
         let mut permits = vec![first];
@@ -353,12 +355,13 @@ pub(crate) async fn record_loop(
     abandon: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
+    let mut gather = Gather::default();
     loop {
         {
             // Several loops share the queue: while one waits for its statement to commit,
             // another collects and writes the next batch.
             let mut jobs = jobs.lock().await;
-            if jobs.recv_many(&mut batch, MAX_RECORD_BATCH).await == 0 {
+            if gather.next(&mut jobs, &mut batch, MAX_RECORD_BATCH).await == 0 {
                 return;
             }
         }
