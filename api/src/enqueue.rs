@@ -49,6 +49,7 @@ impl Enqueuer {
         publisher: Publisher,
         metrics: Arc<Metrics>,
         loops: usize,
+        tasks_per_message: usize,
     ) -> (Self, JoinSet<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let rx = Arc::new(Mutex::new(rx));
@@ -66,6 +67,7 @@ impl Enqueuer {
                 metrics.clone(),
                 publish_rx.clone(),
                 marks.clone(),
+                tasks_per_message,
             ));
         }
         for _ in 0..loops.max(1) {
@@ -161,6 +163,7 @@ async fn publish_loop(
     metrics: Arc<Metrics>,
     batches: Arc<Mutex<mpsc::Receiver<Vec<uuid::Uuid>>>>,
     marks: mpsc::Sender<Vec<uuid::Uuid>>,
+    tasks_per_message: usize,
 ) {
     let mut taken = Vec::new();
     loop {
@@ -171,7 +174,7 @@ async fn publish_loop(
             }
         }
         let due: Vec<uuid::Uuid> = taken.drain(..).flatten().collect();
-        let confirmed = match publisher.publish_tasks(&due).await {
+        let confirmed = match publisher.publish_tasks(&due, tasks_per_message).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, tasks = due.len(), "publish failed; the relay will publish these tasks");

@@ -88,6 +88,7 @@ impl Api {
             publisher.clone(),
             metrics.clone(),
             config.enqueue_loops,
+            usize::from(config.tasks_per_message),
         );
         let listener = TcpListener::bind(config.bind).await.map_err(|e| {
             Error::Io(format!(

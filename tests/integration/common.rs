@@ -173,6 +173,7 @@ impl TestEnv {
             request_timeout_secs: 30,
             migrate: false,
             enqueue_loops: 4,
+            tasks_per_message: 1,
         }
     }
 
@@ -240,6 +241,32 @@ impl TestEnv {
                 .spawn()
                 .expect("start a worker process"),
         )
+    }
+
+    /// Insert queued tasks straight into the database, as the API would. `published` says whether
+    /// they count as on the broker already; if not, the relay publishes them.
+    pub async fn insert_tasks(
+        &self,
+        agent: &str,
+        command: &str,
+        meta: Value,
+        count: usize,
+        published: bool,
+    ) -> Vec<Uuid> {
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+        sqlx::query(
+            "insert into tasks (id, agent, command, meta, published_at)
+             select id, $2, $3, $4, case when $5 then now() end from unnest($1::uuid[]) as t(id)",
+        )
+        .bind(&ids)
+        .bind(agent)
+        .bind(command)
+        .bind(meta)
+        .bind(published)
+        .execute(&self.db)
+        .await
+        .expect("insert tasks");
+        ids
     }
 
     /// Poll a task until `done` holds for it, or panic after `timeout`.

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod fake_agent;
 mod mcp;
+mod messages;
 mod metrics;
 mod recovery;
 mod worker;

@@ -73,7 +73,9 @@ async fn a_worker_restarted_with_the_same_id_lets_orphaned_leases_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_publish_mark_leaves_a_handed_back_task_to_the_relay() {
     let env = TestEnv::new().await;
-    let id = insert_echo_task(&env, "handed back").await;
+    let id = env
+        .insert_tasks("echo", "handed back", json!({}), 1, false)
+        .await[0];
     let claimed = db::runs::claim(&env.db, &[id], "w-stopping", 30)
         .await
         .unwrap();
@@ -95,7 +97,7 @@ async fn a_late_publish_mark_leaves_a_handed_back_task_to_the_relay() {
     tx.rollback().await.unwrap();
 
     // A task never claimed is marked, and the relay leaves it alone.
-    let fresh = insert_echo_task(&env, "fresh").await;
+    let fresh = env.insert_tasks("echo", "fresh", json!({}), 1, false).await[0];
     assert_eq!(
         db::tasks::mark_published(&env.db, &[fresh]).await.unwrap(),
         1
@@ -103,16 +105,4 @@ async fn a_late_publish_mark_leaves_a_handed_back_task_to_the_relay() {
     let mut tx = env.db.begin().await.unwrap();
     let relayed = db::runs::lock_unpublished(&mut tx, 10, 0.0).await.unwrap();
     assert_eq!(relayed, vec![id]);
-}
-
-/// A queued `echo` task written straight to the table, as the API's insert leaves it.
-async fn insert_echo_task(env: &TestEnv, command: &str) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("insert into tasks (id, agent, command) values ($1, 'echo', $2)")
-        .bind(id)
-        .bind(command)
-        .execute(&env.db)
-        .await
-        .unwrap();
-    id
 }

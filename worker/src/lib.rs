@@ -10,6 +10,7 @@
 mod acks;
 pub mod backoff;
 pub mod config;
+mod delivery;
 pub mod executor;
 mod maintenance;
 pub mod metrics;

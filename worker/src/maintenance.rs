@@ -96,8 +96,9 @@ pub(crate) async fn relay_once(shared: &Shared) -> bgagent_shared::Result<usize>
         return Ok(0);
     }
     // The rows stay locked until commit, so no other relay publishes them meanwhile; marking
-    // happens only for what the broker confirmed.
-    let confirmed = shared.publisher.publish_tasks(&due).await?;
+    // happens only for what the broker confirmed. One task per message: relayed tasks (retries,
+    // delayed tasks, tasks of a dead-lettered multi-task message) each stand alone.
+    let confirmed = shared.publisher.publish_tasks(&due, 1).await?;
     db::runs::mark_relayed(&mut *tx, &confirmed).await?;
     tx.commit().await?;
     shared

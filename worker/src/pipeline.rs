@@ -12,7 +12,7 @@ use lapin::Acker;
 use lapin::options::BasicNackOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::acks::{self, Pending, Received};
+use crate::acks::{self, Received};
+use crate::delivery::{self, TaskDelivery};
 use crate::executor::{ExecResult, TaskError};
 use crate::state::Shared;
 
@@ -55,11 +56,11 @@ pub(crate) struct RecordJob {
     max_attempts: i32,
     started_at: chrono::DateTime<Utc>,
     outcome: Outcome,
-    /// None when the delivery was acknowledged at claim (long tasks).
-    delivery: Option<Pending>,
+    /// None when the task's share of its delivery was settled at claim (long tasks).
+    delivery: Option<TaskDelivery>,
 }
 
-/// Take deliveries, claim them in batches, and start the claimed tasks.
+/// Take deliveries, claim their tasks in batches, and start the claimed tasks.
 pub(crate) async fn claim_loop(
     shared: Arc<Shared>,
     mut deliveries: mpsc::Receiver<Received>,
@@ -67,7 +68,10 @@ pub(crate) async fn claim_loop(
     stopping: CancellationToken,
     executions: TaskTracker,
 ) {
-    let mut batch = Vec::with_capacity(MAX_CLAIM_BATCH);
+    let mut received = Vec::with_capacity(MAX_CLAIM_BATCH);
+    // Tasks taken from deliveries and not claimed yet: a message with several tasks can bring
+    // more than there is room for.
+    let mut backlog: VecDeque<(Uuid, TaskDelivery)> = VecDeque::new();
     let mut gather = Gather::default();
     loop {
         // Wait for room before taking deliveries: unclaimed tasks stay `queued` in PostgreSQL
@@ -75,41 +79,51 @@ pub(crate) async fn claim_loop(
         let Ok(first) = shared.permits.clone().acquire_owned().await else {
             return;
         };
-        let room = 1 + shared.permits.available_permits().min(MAX_CLAIM_BATCH - 1);
-        if gather.next(&mut deliveries, &mut batch, room).await == 0 {
-            return;
-        }
-        let mut permits = vec![first];
-        for _ in 1..batch.len() {
-            match shared.permits.clone().acquire_owned().await {
-                Ok(p) => permits.push(p),
-                Err(_) => return,
+        let halted = || stopping.is_cancelled() || shared.is_paused();
+        if backlog.is_empty() {
+            let room = 1 + shared.permits.available_permits().min(MAX_CLAIM_BATCH - 1);
+            if gather.next(&mut deliveries, &mut received, room).await == 0 {
+                return;
             }
-        }
-        let taken = std::mem::take(&mut batch);
-        if stopping.is_cancelled() || shared.is_paused() {
-            // Nothing new starts while stopping or paused: hand the messages back.
-            acks::requeue(taken.into_iter().map(|d| d.pending)).await;
+            if halted() {
+                // Nothing new starts while stopping or paused: hand the messages back.
+                acks::requeue(received.drain(..).map(|d| d.pending)).await;
+                continue;
+            }
+            backlog.extend(unpack(&shared, received.drain(..)).await);
+        } else if halted() {
+            delivery::settle(backlog.drain(..).map(|(_, d)| d.hand_back())).await;
             continue;
         }
-        claim_batch(&shared, taken, permits, &records, &stopping, &executions).await;
+        let mut permits = vec![first];
+        while permits.len() < backlog.len().min(MAX_CLAIM_BATCH) {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let batch: Vec<_> = backlog.drain(..permits.len().min(backlog.len())).collect();
+        claim_batch(&shared, batch, permits, &records, &stopping, &executions).await;
     }
 }
 
-async fn claim_batch(
-    shared: &Arc<Shared>,
-    deliveries: Vec<Received>,
-    mut permits: Vec<OwnedSemaphorePermit>,
-    records: &mpsc::Sender<RecordJob>,
-    stopping: &CancellationToken,
-    executions: &TaskTracker,
-) {
-    let mut parsed = Vec::with_capacity(deliveries.len());
-    for delivery in deliveries {
+/// The task ids of each delivery, each with its share of the delivery. An unparseable message is
+/// rejected (the queue dead-letters it); one without ids is acked.
+async fn unpack(
+    shared: &Shared,
+    received: impl Iterator<Item = Received>,
+) -> Vec<(Uuid, TaskDelivery)> {
+    let mut tasks = Vec::new();
+    let mut empty = Vec::new();
+    for delivery in received {
         match serde_json::from_slice::<TaskMessage>(&delivery.data) {
-            Ok(msg) => parsed.push((msg.task_id, delivery.pending)),
+            Ok(message) if message.task_ids().is_empty() => empty.push(delivery.pending),
+            Ok(message) => {
+                let ids = message.task_ids();
+                let shares = TaskDelivery::split(delivery.pending, ids.len());
+                tasks.extend(ids.iter().copied().zip(shares));
+            }
             Err(e) => {
-                // Reject without requeue: the queue dead-letters it for an operator to inspect.
                 tracing::warn!(error = %e, "unparseable message sent to the dead queue");
                 shared
                     .metrics
@@ -120,17 +134,29 @@ async fn claim_batch(
             }
         }
     }
-    if parsed.is_empty() {
+    acks::ack(empty).await;
+    tasks
+}
+
+async fn claim_batch(
+    shared: &Arc<Shared>,
+    batch: Vec<(Uuid, TaskDelivery)>,
+    mut permits: Vec<OwnedSemaphorePermit>,
+    records: &mpsc::Sender<RecordJob>,
+    stopping: &CancellationToken,
+    executions: &TaskTracker,
+) {
+    if batch.is_empty() {
         return;
     }
-    let ids: Vec<Uuid> = parsed.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let claimed = loop {
         match db::runs::claim(&shared.db, &ids, &shared.id, shared.options.lease_secs).await {
             Ok(tasks) => break tasks,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim tasks; retrying");
                 if stopping.is_cancelled() {
-                    acks::requeue(parsed.into_iter().map(|(_, d)| d)).await;
+                    delivery::settle(batch.into_iter().map(|(_, d)| d.hand_back())).await;
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -140,8 +166,8 @@ async fn claim_batch(
     shared.hold(claimed.iter().map(|t| (t.id, t.attempts)));
     let mut claimed: HashMap<Uuid, Task> = claimed.into_iter().map(|t| (t.id, t)).collect();
     let mut dropped = Vec::new();
-    for (id, delivery) in parsed {
-        let Some(permit) = permits.pop() else { break };
+    // There is a permit for every task of the batch.
+    for ((id, delivery), permit) in batch.into_iter().zip(permits.drain(..)) {
         match claimed.remove(&id) {
             Some(task) => {
                 let span = tracing::info_span!("task", task_id = %task.id, agent = %task.agent, attempt = task.attempts);
@@ -153,11 +179,11 @@ async fn claim_batch(
             // Finished, cancelled, running elsewhere or not yet due: a duplicate or stale message.
             None => {
                 tracing::debug!(task_id = %id, "message for an unclaimable task dropped");
-                dropped.push(delivery);
+                dropped.push(delivery.done());
             }
         }
     }
-    acks::ack(dropped).await;
+    delivery::settle(dropped).await;
 }
 
 /// Hand a delivery back to the queue.
@@ -208,14 +234,14 @@ where
 async fn execute(
     shared: Arc<Shared>,
     task: Task,
-    delivery: Pending,
+    delivery: TaskDelivery,
     permit: OwnedSemaphorePermit,
     records: mpsc::Sender<RecordJob>,
 ) {
     let timeout_secs = u64::try_from(task.timeout_secs).unwrap_or(1).max(1);
     // Long tasks would outlive the broker's consumer timeout; ack now and let the lease guard them.
     let delivery = if timeout_secs > shared.options.early_ack_secs {
-        acks::ack([delivery]).await;
+        delivery::settle([delivery.done()]).await;
         None
     } else {
         Some(delivery)
@@ -376,7 +402,13 @@ pub(crate) async fn record_loop(
             );
             continue;
         }
-        acks::ack(taken.into_iter().filter_map(|j| j.delivery)).await;
+        delivery::settle(
+            taken
+                .into_iter()
+                .filter_map(|j| j.delivery)
+                .map(TaskDelivery::done),
+        )
+        .await;
     }
 }
 

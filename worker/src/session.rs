@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::acks::{ChannelAcks, Received};
 use crate::pipeline::{requeue, settle};
@@ -267,30 +268,60 @@ async fn watch_dead_letters(shared: &Shared, channel: &Channel) -> bgagent_share
                 _ => "dead-lettered".to_owned(),
             })
         });
-        if let (Some(reason), Ok(msg)) = (
+        if let (Some(reason), Ok(message)) = (
             reason,
             serde_json::from_slice::<TaskMessage>(&delivery.data),
         ) {
-            loop {
-                match db::runs::fail_dead_lettered(&shared.db, msg.task_id, &reason).await {
-                    Ok(Some((agent, attempts))) => {
-                        tracing::warn!(task_id = %msg.task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
-                        shared
-                            .metrics
-                            .processed
-                            .with_label_values(&[agent.as_str(), "failed"])
-                            .inc();
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot fail a dead-lettered task; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
+            match message {
+                TaskMessage::One { task_id } => fail_dead_lettered(shared, task_id, &reason).await,
+                TaskMessage::Many { task_ids } => split_dead_lettered(shared, &task_ids).await,
             }
         }
         settle("ack", [delivery.acker.ack(BasicAckOptions::default())]).await;
     }
     Ok(())
+}
+
+/// Fail the task of a dead-lettered single-task message.
+async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
+    loop {
+        match db::runs::fail_dead_lettered(&shared.db, task_id, reason).await {
+            Ok(Some((agent, attempts))) => {
+                tracing::warn!(task_id = %task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
+                shared
+                    .metrics
+                    .processed
+                    .with_label_values(&[agent.as_str(), "failed"])
+                    .inc();
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fail a dead-lettered task; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A dead-lettered message with several tasks does not fail them all for one poison task: its
+/// queued tasks become unpublished, so the relay publishes each in a message of its own, and only
+/// a task that keeps failing its deliveries alone is failed.
+async fn split_dead_lettered(shared: &Shared, task_ids: &[Uuid]) {
+    loop {
+        match db::runs::unpublish_queued(&shared.db, task_ids).await {
+            Ok(count) => {
+                tracing::warn!(
+                    tasks = task_ids.len(),
+                    republished = count,
+                    "a message with several tasks was dead-lettered; its queued tasks are published again one by one"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot unpublish the tasks of a dead-lettered message; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }

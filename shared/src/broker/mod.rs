@@ -13,13 +13,49 @@ use uuid::Uuid;
 pub const TASK_ROUTING_KEY: &str = "task";
 /// Header carrying the task id, so logs and the management UI correlate without parsing bodies.
 pub const TASK_ID_HEADER: &str = "task_id";
+/// Header carrying the number of task ids of a message with several.
+pub const TASK_COUNT_HEADER: &str = "task_count";
 
-/// Body of a task message. It carries the id only: the worker loads the task from PostgreSQL,
+/// Most task ids one message may carry.
+pub const MAX_TASKS_PER_MESSAGE: usize = 256;
+
+/// Body of a task message. It carries ids only: the worker loads the tasks from PostgreSQL,
 /// which stays the source of truth.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskMessage {
-    /// The task to run.
-    pub task_id: Uuid,
+#[serde(untagged)]
+pub enum TaskMessage {
+    /// One task, `{"task_id": …}`: the format every version reads.
+    One {
+        /// The task to run.
+        task_id: Uuid,
+    },
+    /// Several tasks, `{"task_ids": […]}`, sent when the API's `BGAGENT_TASKS_PER_MESSAGE` is
+    /// above 1. Workers built before this format existed cannot read it: upgrade the workers
+    /// before turning it on.
+    Many {
+        /// The tasks to run.
+        task_ids: Vec<Uuid>,
+    },
+}
+
+impl TaskMessage {
+    /// The message for `ids`: the single-task format for one id.
+    pub fn for_tasks(ids: &[Uuid]) -> Self {
+        match ids {
+            [task_id] => Self::One { task_id: *task_id },
+            _ => Self::Many {
+                task_ids: ids.to_vec(),
+            },
+        }
+    }
+
+    /// The task ids the message carries.
+    pub fn task_ids(&self) -> &[Uuid] {
+        match self {
+            Self::One { task_id } => std::slice::from_ref(task_id),
+            Self::Many { task_ids } => task_ids,
+        }
+    }
 }
 
 /// A message on the control fanout exchange; every worker receives each one.

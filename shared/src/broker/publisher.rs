@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{ControlMessage, TASK_ID_HEADER, TASK_ROUTING_KEY, TaskMessage, Topology, declare};
+use super::{
+    ControlMessage, MAX_TASKS_PER_MESSAGE, TASK_COUNT_HEADER, TASK_ID_HEADER, TASK_ROUTING_KEY,
+    TaskMessage, Topology, declare,
+};
 use crate::config::BrokerConfig;
 use crate::{Error, Result};
 
@@ -198,24 +201,34 @@ impl Publisher {
         Ok(result?)
     }
 
-    /// Publish one persistent message per task and wait for the broker's confirms. Returns the ids
-    /// the broker confirmed; the rest stay unpublished for the relay.
-    pub async fn publish_tasks(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    /// Publish persistent messages carrying up to `per_message` task ids each (clamped to
+    /// 1..=[`MAX_TASKS_PER_MESSAGE`]) and wait for the broker's confirms. Returns the ids the
+    /// broker confirmed; the rest stay unpublished for the relay.
+    pub async fn publish_tasks(&self, ids: &[Uuid], per_message: usize) -> Result<Vec<Uuid>> {
         let channel = self.channel().await?;
-        let messages: Vec<(Vec<u8>, BasicProperties)> = ids
+        let chunks: Vec<&[Uuid]> = ids
+            .chunks(per_message.clamp(1, MAX_TASKS_PER_MESSAGE))
+            .collect();
+        let messages: Vec<(Vec<u8>, BasicProperties)> = chunks
             .iter()
-            .map(|&task_id| {
-                let id = task_id.to_string();
+            .map(|chunk| {
+                let body = serde_json::to_vec(&TaskMessage::for_tasks(chunk)).unwrap_or_default();
                 let mut headers = FieldTable::default();
-                headers.insert(
-                    TASK_ID_HEADER.into(),
-                    AMQPValue::LongString(id.as_str().into()),
-                );
-                let body = serde_json::to_vec(&TaskMessage { task_id }).unwrap_or_default();
-                let props = persistent()
-                    .with_message_id(id.into())
-                    .with_headers(headers);
-                (body, props)
+                let mut props = persistent();
+                if let [task_id] = chunk {
+                    let id = task_id.to_string();
+                    headers.insert(
+                        TASK_ID_HEADER.into(),
+                        AMQPValue::LongString(id.as_str().into()),
+                    );
+                    props = props.with_message_id(id.into());
+                } else {
+                    headers.insert(
+                        TASK_COUNT_HEADER.into(),
+                        AMQPValue::LongUInt(u32::try_from(chunk.len()).unwrap_or(u32::MAX)),
+                    );
+                }
+                (body, props.with_headers(headers))
             })
             .collect();
         // All publishes are started together, so lapin writes the batch in few socket writes
@@ -234,10 +247,10 @@ impl Publisher {
             }
         }))
         .await;
-        let mut pending = Vec::with_capacity(ids.len());
-        for (&task_id, result) in ids.iter().zip(sent) {
+        let mut pending = Vec::with_capacity(chunks.len());
+        for (chunk, result) in chunks.into_iter().zip(sent) {
             match result {
-                Ok(confirm) => pending.push((task_id, confirm)),
+                Ok(confirm) => pending.push((chunk, confirm)),
                 Err(e) => {
                     self.forget_channel().await;
                     tracing::warn!(error = %e, "publish failed; tasks stay unpublished for the relay");
@@ -245,17 +258,18 @@ impl Publisher {
                 }
             }
         }
-        let (ids, confirms): (Vec<Uuid>, Vec<_>) = pending.into_iter().unzip();
+        let (chunks, confirms): (Vec<&[Uuid]>, Vec<_>) = pending.into_iter().unzip();
         let Ok(results) =
             tokio::time::timeout(self.inner.confirm_timeout, join_all(confirms)).await
         else {
             self.forget_channel().await;
             return Err(Error::NotConfirmed);
         };
-        Ok(ids
+        Ok(chunks
             .into_iter()
             .zip(results)
-            .filter_map(|(id, r)| is_confirmed(&r).then_some(id))
+            .filter(|(_, r)| is_confirmed(r))
+            .flat_map(|(chunk, _)| chunk.iter().copied())
             .collect())
     }
 

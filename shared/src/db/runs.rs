@@ -215,6 +215,19 @@ pub async fn lock_unpublished(
     .await?)
 }
 
+/// Make queued tasks unpublished again, so the relay publishes each of them in a message of its
+/// own (the tasks of a dead-lettered multi-task message). Returns how many changed.
+pub async fn unpublish_queued(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64> {
+    let done = sqlx::query(
+        "update tasks set published_at = null
+         where id = any($1) and (status = 'queued' and published_at is not null) is true",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Mark relayed tasks published.
 pub async fn mark_relayed(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64> {
     let done = sqlx::query("update tasks set published_at = now() where id = any($1)")
