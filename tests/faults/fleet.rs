@@ -164,6 +164,10 @@ impl Fleet {
             ),
             ("BGAGENT_MIGRATE".to_owned(), "false".to_owned()),
         ]);
+        // The suite can run with several tasks per message: `BGAGENT_TASKS_PER_MESSAGE=16 scripts/faults`.
+        if let Ok(per_message) = std::env::var("BGAGENT_TASKS_PER_MESSAGE") {
+            api_env.push(("BGAGENT_TASKS_PER_MESSAGE".to_owned(), per_message));
+        }
         let mut api = Proc::new("api", &["api"], api_env, config.log_dir);
         api.start()?;
         let mut workers = Vec::new();
