@@ -269,6 +269,41 @@ impl TestEnv {
         ids
     }
 
+    /// Play a consumer that crashes before acknowledging, again and again, until the broker stops
+    /// redelivering the first task message (its delivery limit dead-letters it). Returns how many
+    /// deliveries it saw.
+    pub async fn nack_until_dead_lettered(&self) -> usize {
+        let conn = self.amqp().await;
+        let ch = conn.create_channel().await.expect("channel");
+        let mut deliveries = 0;
+        for _ in 0..100 {
+            let got = ch
+                .basic_get(
+                    self.topology().tasks_queue().into(),
+                    lapin::options::BasicGetOptions { no_ack: false },
+                )
+                .await
+                .expect("basic.get");
+            match got {
+                Some(m) => {
+                    deliveries += 1;
+                    m.delivery
+                        .acker
+                        .nack(lapin::options::BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("nack");
+                }
+                None if deliveries > 0 => break,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        conn.close(0, "done".into()).await.ok();
+        deliveries
+    }
+
     /// Poll a task until `done` holds for it, or panic after `timeout`.
     pub async fn wait_task(
         &self,

@@ -7,7 +7,6 @@
 use crate::common::TestEnv;
 use bgagent_shared::broker::Publisher;
 use bgagent_worker::WorkerOptions;
-use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
@@ -28,6 +27,15 @@ async fn states(env: &TestEnv, ids: &[Uuid]) -> Vec<(String, i32)> {
             .unwrap();
     rows.sort_by_key(|(id, ..)| ids.iter().position(|i| i == id));
     rows.into_iter().map(|(_, s, a)| (s, a)).collect()
+}
+
+/// How many of `ids` have `status`.
+async fn count(env: &TestEnv, ids: &[Uuid], status: &str) -> usize {
+    states(env, ids)
+        .await
+        .iter()
+        .filter(|(s, _)| s == status)
+        .count()
 }
 
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -81,24 +89,14 @@ async fn pausing_hands_back_the_tasks_of_a_shared_message_that_had_not_started()
         .await;
     publisher(&env).publish_tasks(&ids, 6).await.unwrap();
     wait_for("two tasks running", async || {
-        states(&env, &ids)
-            .await
-            .iter()
-            .filter(|(s, _)| s == "running")
-            .count()
-            == 2
+        count(&env, &ids, "running").await == 2
     })
     .await;
 
     api.post("/stop", &json!({})).await;
     // The two running tasks finish; the four others never start and keep every attempt.
     wait_for("the running tasks finish", async || {
-        states(&env, &ids)
-            .await
-            .iter()
-            .filter(|(s, _)| s == "succeeded")
-            .count()
-            == 2
+        count(&env, &ids, "succeeded").await == 2
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -127,35 +125,8 @@ async fn a_dead_lettered_shared_message_sends_its_tasks_again_one_by_one() {
     publisher.publish_tasks(&ids, 3).await.unwrap();
 
     // Play a consumer that crashes before acknowledging, until the broker dead-letters it.
-    let conn = env.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    let mut deliveries = 0;
-    while deliveries < 100 {
-        let got = ch
-            .basic_get(
-                env.topology().tasks_queue().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .unwrap();
-        match got {
-            Some(m) => {
-                deliveries += 1;
-                m.delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
-            None if deliveries > 0 => break,
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let deliveries = env.nack_until_dead_lettered().await;
     assert!(deliveries > 1, "the message was redelivered: {deliveries}");
-    conn.close(0, "done".into()).await.ok();
 
     // Not failed together: the relay publishes each task in a message of its own.
     wait_for("three single-task messages", async || {

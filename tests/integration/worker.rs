@@ -647,33 +647,7 @@ async fn a_message_past_the_delivery_limit_fails_its_task() {
         .await;
 
     // Play a consumer that crashes before acknowledging, again and again.
-    let conn = env.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    let mut deliveries = 0;
-    for _ in 0..100 {
-        match ch
-            .basic_get(
-                env.topology().tasks_queue().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .unwrap()
-        {
-            Some(m) => {
-                deliveries += 1;
-                m.delivery
-                    .acker
-                    .nack(lapin::options::BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
-            None if deliveries > 0 => break,
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let deliveries = env.nack_until_dead_lettered().await;
     assert!(
         deliveries > 1 && deliveries <= 22,
         "the broker stops redelivering at the limit: {deliveries}"
