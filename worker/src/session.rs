@@ -284,23 +284,17 @@ async fn watch_dead_letters(shared: &Shared, channel: &Channel) -> bgagent_share
 
 /// Fail the task of a dead-lettered single-task message.
 async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
-    loop {
-        match db::runs::fail_dead_lettered(&shared.db, task_id, reason).await {
-            Ok(Some((agent, attempts))) => {
-                tracing::warn!(task_id = %task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
-                shared
-                    .metrics
-                    .processed
-                    .with_label_values(&[agent.as_str(), "failed"])
-                    .inc();
-                return;
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot fail a dead-lettered task; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+    let failed = until_stored("fail a dead-lettered task", || {
+        db::runs::fail_dead_lettered(&shared.db, task_id, reason)
+    })
+    .await;
+    if let Some((agent, attempts)) = failed {
+        tracing::warn!(task_id = %task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
+        shared
+            .metrics
+            .processed
+            .with_label_values(&[agent.as_str(), "failed"])
+            .inc();
     }
 }
 
@@ -308,18 +302,28 @@ async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
 /// queued tasks become unpublished, so the relay publishes each in a message of its own, and only
 /// a task that keeps failing its deliveries alone is failed.
 async fn split_dead_lettered(shared: &Shared, task_ids: &[Uuid]) {
+    let count = until_stored("unpublish the tasks of a dead-lettered message", || {
+        db::runs::unpublish_queued(&shared.db, task_ids)
+    })
+    .await;
+    tracing::warn!(
+        tasks = task_ids.len(),
+        republished = count,
+        "a message with several tasks was dead-lettered; its queued tasks are published again one by one"
+    );
+}
+
+/// Run a database write until it succeeds, once a second: the dead-letter event is acked only
+/// after its write is stored.
+async fn until_stored<T, F>(what: &str, mut write: impl FnMut() -> F) -> T
+where
+    F: Future<Output = bgagent_shared::Result<T>>,
+{
     loop {
-        match db::runs::unpublish_queued(&shared.db, task_ids).await {
-            Ok(count) => {
-                tracing::warn!(
-                    tasks = task_ids.len(),
-                    republished = count,
-                    "a message with several tasks was dead-lettered; its queued tasks are published again one by one"
-                );
-                return;
-            }
+        match write().await {
+            Ok(value) => return value,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot unpublish the tasks of a dead-lettered message; retrying");
+                tracing::warn!(error = %e, "cannot {what}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
