@@ -13,7 +13,6 @@ use bgagent_shared::db;
 use bgagent_shared::db::tasks::Inserted;
 use bgagent_shared::domain::NewTask;
 use bgagent_shared::gather::Gather;
-use chrono::Utc;
 use sqlx::PgPool;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -124,29 +123,27 @@ impl Pipeline {
     async fn process(&self, jobs: Vec<Job>) {
         let (tasks, replies): (Vec<NewTask>, Vec<_>) =
             jobs.into_iter().map(|j| (j.task, j.reply)).unzip();
-        let inserted = match db::tasks::insert_batch(&self.db, &tasks).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let err = ApiError::from(e);
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
+        let results = db::tasks::insert_each(&self.db, &tasks).await;
+        let mut due = Vec::new();
+        for ((reply, result), task) in replies.into_iter().zip(results).zip(&tasks) {
+            let row = match result {
+                Ok(row) => row,
+                Err(e) => {
+                    let _ = reply.send(Err(ApiError::from(e)));
+                    continue;
                 }
-                return;
+            };
+            if row.created {
+                self.metrics
+                    .tasks_enqueued
+                    .with_label_values(&[row.task.agent.as_str()])
+                    .inc();
+                // Only undelayed tasks go out now. A delayed one is the relay's, which decides
+                // "due" on the database's clock: this host's clock may run ahead of it.
+                if task.delay_secs == 0 {
+                    due.push(row.task.id);
+                }
             }
-        };
-        let now = Utc::now();
-        let due: Vec<uuid::Uuid> = inserted
-            .iter()
-            .filter(|i| i.created && i.task.run_at <= now)
-            .map(|i| i.task.id)
-            .collect();
-        for row in inserted.iter().filter(|i| i.created) {
-            self.metrics
-                .tasks_enqueued
-                .with_label_values(&[row.task.agent.as_str()])
-                .inc();
-        }
-        for (reply, row) in replies.into_iter().zip(inserted) {
             tracing::debug!(task_id = %row.task.id, agent = %row.task.agent, created = row.created, "enqueued");
             let _ = reply.send(Ok(row));
         }

@@ -111,6 +111,7 @@ pub struct Task {
     pub command: String,
     /// Free-form JSON object passed to the executor.
     #[schema(value_type = Object)]
+    #[sqlx(try_from = "crate::db::json::LenientJson")]
     pub meta: Value,
     /// Current status.
     #[sqlx(try_from = "String")]
@@ -133,6 +134,7 @@ pub struct Task {
     pub lease_until: Option<DateTime<Utc>>,
     /// Executor result (succeeded tasks).
     #[schema(value_type = Option<Object>)]
+    #[sqlx(try_from = "crate::db::json::LenientJson")]
     pub result: Option<Value>,
     /// Last error message.
     pub last_error: Option<String>,
@@ -182,6 +184,7 @@ pub struct Agent {
     pub endpoint: String,
     /// Free-form JSON object.
     #[schema(value_type = Object)]
+    #[sqlx(try_from = "crate::db::json::LenientJson")]
     pub meta: Value,
     /// First registration.
     pub created_at: DateTime<Utc>,
@@ -229,13 +232,67 @@ pub fn parse_agent_name(field: &'static str, name: &str) -> Result<String> {
     }
 }
 
-/// Check that `meta` is a JSON object of at most [`MAX_META_BYTES`]; absent means `{}`.
+/// Refuse text PostgreSQL cannot store: a NUL character (`\u0000`) in `text` or in a JSON string.
+/// Checked at the door, because one such value in a shared (group-commit) statement would fail
+/// every request committed with it.
+pub fn parse_text(field: &'static str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::invalid(
+            field,
+            "must not contain the NUL character (\\u0000)",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse JSON that PostgreSQL's `jsonb` cannot store: a NUL character in any string or key.
+/// (Every finite number serde_json accepts is stored exactly by `jsonb` and, with serde_json's
+/// `float_roundtrip`, reads back as the same number.)
+pub fn parse_json_text(field: &'static str, value: &Value) -> Result<()> {
+    match value {
+        Value::String(s) => parse_text(field, s),
+        Value::Array(items) => items.iter().try_for_each(|v| parse_json_text(field, v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            parse_text(field, k)?;
+            parse_json_text(field, v)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// Text from outside (an agent's answer, an error it sent) made storable: each NUL becomes
+/// U+FFFD, the replacement character, so the rest of the text is kept.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+/// JSON from outside made storable in `jsonb`: [`storable_text`] on every string and key.
+pub fn storable_json(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(storable_text(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (storable_text(k), storable_json(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Check that `meta` is a JSON object of at most [`MAX_META_BYTES`] that PostgreSQL can store;
+/// absent means `{}`.
 pub fn parse_meta(meta: Option<Value>) -> Result<Value> {
     let meta = match meta {
         None | Some(Value::Null) => return Ok(Value::Object(Default::default())),
         Some(m @ Value::Object(_)) => m,
         Some(_) => return Err(Error::invalid("meta", "must be a JSON object")),
     };
+    parse_json_text("meta", &meta)?;
     let size = serde_json::to_vec(&meta)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
@@ -331,6 +388,7 @@ impl NewTask {
                 format!("must be 1 to {MAX_COMMAND_BYTES} bytes"),
             ));
         }
+        parse_text("command", &req.command)?;
         let meta = parse_meta(req.meta)?;
         let idempotency_key = match (req.idempotency_key, header_key) {
             (Some(body), Some(header)) if body != header => {
@@ -349,6 +407,9 @@ impl NewTask {
                 "idempotency_key",
                 format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
             ));
+        }
+        if let Some(key) = &idempotency_key {
+            parse_text("idempotency_key", key)?;
         }
         let max_attempts = req.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
@@ -414,6 +475,53 @@ mod tests {
         assert!(parse_meta(Some(json!("x"))).is_err());
         let big = json!({ "x": "y".repeat(MAX_META_BYTES) });
         assert!(parse_meta(Some(big)).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_wherever_text_is_stored() {
+        let field_of = |req: EnqueueRequest| match NewTask::parse(req, None) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected a NUL to be refused, got {other:?}"),
+        };
+        let nul = "a\u{0}b".to_owned();
+        assert_eq!(
+            field_of(EnqueueRequest {
+                command: nul.clone(),
+                ..request()
+            }),
+            "command"
+        );
+        assert_eq!(
+            field_of(EnqueueRequest {
+                idempotency_key: Some(nul.clone()),
+                ..request()
+            }),
+            "idempotency_key"
+        );
+        for meta in [
+            json!({ "k": nul }),
+            json!({ nul.clone(): 1 }),
+            json!({ "deep": [{ "x": [nul] }] }),
+        ] {
+            assert_eq!(
+                field_of(EnqueueRequest {
+                    meta: Some(meta),
+                    ..request()
+                }),
+                "meta"
+            );
+        }
+        assert!(parse_meta(Some(json!({"ok": "\u{1}", "n": 1.5}))).is_ok());
+    }
+
+    #[test]
+    fn outside_text_is_made_storable() {
+        assert_eq!(storable_text("a\u{0}b".into()), "a\u{FFFD}b");
+        assert_eq!(
+            storable_json(json!({"k\u{0}": ["x\u{0}", 1, {"y": "\u{0}"}]})),
+            json!({"k\u{FFFD}": ["x\u{FFFD}", 1, {"y": "\u{FFFD}"}]})
+        );
+        assert!(parse_meta(Some(storable_json(json!({"n": "\u{0}"})))).is_ok());
     }
 
     #[test]

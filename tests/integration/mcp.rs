@@ -319,6 +319,22 @@ async fn mcp_errors_name_the_field_and_the_unknown_id() {
             json!({"agent": "echo", "command": "x", "nope": 1}),
             "nope",
         ),
+        // Text PostgreSQL cannot store is refused before it reaches a shared insert.
+        (
+            "enqueue_task",
+            json!({"agent": "echo", "command": "a\u{0}b"}),
+            "command",
+        ),
+        (
+            "enqueue_task",
+            json!({"agent": "echo", "command": "x", "meta": {"k": "a\u{0}b"}}),
+            "meta",
+        ),
+        (
+            "enqueue_task",
+            json!({"agent": "echo", "command": "x", "idempotency_key": "a\u{0}b"}),
+            "idempotency_key",
+        ),
         ("get_task", json!({}), "id"),
         ("get_task", json!({"id": "not-a-uuid"}), "id"),
         ("cancel_task", json!({"id": 42}), "id"),

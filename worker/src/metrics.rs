@@ -35,6 +35,8 @@ pub struct WorkerMetrics {
     pub relay_published: IntCounter,
     /// Running tasks recovered from lost workers.
     pub recovered: IntCounter,
+    /// Items a loop stopped retrying, by loop (`claim`, `record`, `release`, `dead_letter_event`).
+    pub gave_up: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -86,7 +88,15 @@ impl WorkerMetrics {
         registry.register(Box::new(paused.clone()))?;
         registry.register(Box::new(executor_errors.clone()))?;
         registry.register(Box::new(relay_published.clone()))?;
+        let gave_up = IntCounterVec::new(
+            Opts::new(
+                "bgagent_worker_gave_up_total",
+                "Items a worker loop stopped retrying after the database kept refusing them",
+            ),
+            &["what"],
+        )?;
         registry.register(Box::new(recovered.clone()))?;
+        registry.register(Box::new(gave_up.clone()))?;
         Ok(Self {
             registry,
             processed,
@@ -97,6 +107,7 @@ impl WorkerMetrics {
             executor_errors,
             relay_published,
             recovered,
+            gave_up,
         })
     }
 

@@ -4,7 +4,7 @@
 use bgagent_shared::broker::TaskMessage;
 use bgagent_shared::db;
 use bgagent_shared::db::runs::AttemptRecord;
-use bgagent_shared::domain::Task;
+use bgagent_shared::domain::{Task, storable_json, storable_text};
 use bgagent_shared::gather::Gather;
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -31,6 +31,8 @@ use crate::state::Shared;
 const MAX_CLAIM_BATCH: usize = 256;
 /// Most outcomes recorded in one statement.
 const MAX_RECORD_BATCH: usize = 512;
+/// Times a loop retries an item the database refuses (not an outage) before giving up on it.
+pub(crate) const MAX_REFUSALS: u32 = 3;
 /// Longest wait for the broker to take an ack, nack or reject. Settling comes after the outcome is
 /// stored (or drops a duplicate), so one that never completes only means a redelivery, which the
 /// claim turns into a no-op. Unbounded, an ack caught in a connection the broker is closing can
@@ -150,12 +152,22 @@ async fn claim_batch(
         return;
     }
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+    let mut refusals = 0;
     let claimed = loop {
         match db::runs::claim(&shared.db, &ids, &shared.id, shared.options.lease_secs).await {
             Ok(tasks) => break tasks,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim tasks; retrying");
-                if stopping.is_cancelled() {
+                // An outage is waited out; a statement the database keeps refusing is not
+                // retried forever: the messages go back to the broker, whose delivery limit
+                // dead-letters a message that can never be claimed.
+                if !e.is_unavailable() {
+                    refusals += 1;
+                }
+                if stopping.is_cancelled() || refusals >= MAX_REFUSALS {
+                    if refusals >= MAX_REFUSALS {
+                        give_up(shared, "claim", &e);
+                    }
                     delivery::settle(batch.into_iter().map(|(_, d)| d.hand_back())).await;
                     return;
                 }
@@ -320,6 +332,7 @@ fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
         started_at: job.started_at,
     };
     let retry = |outcome: &'static str, message: String, retry_after: Option<Duration>| {
+        let message = storable_text(message);
         if job.attempt < job.max_attempts {
             let delay = retry_after.unwrap_or_else(|| shared.backoff.delay(job.attempt));
             AttemptRecord {
@@ -349,7 +362,7 @@ fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
         Outcome::Finished(Ok(result)) => AttemptRecord {
             status: "succeeded",
             outcome: "succeeded",
-            result: Some(result.clone()),
+            result: Some(storable_json(result.clone())),
             ..base
         },
         Outcome::Finished(Err(TaskError::Retryable {
@@ -358,7 +371,7 @@ fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
             ..
         })) => retry("retry", message.clone(), *retry_after),
         Outcome::Finished(Err(TaskError::Terminal { message, .. })) => AttemptRecord {
-            error: Some(message.clone()),
+            error: Some(storable_text(message.clone())),
             ..base
         },
         Outcome::TimedOut(secs) => retry("timeout", format!("timed out after {secs} s"), None),
@@ -419,34 +432,131 @@ async fn store(shared: &Shared, jobs: &[RecordJob], abandon: &CancellationToken)
         .filter(|j| matches!(j.outcome, Outcome::Interrupted))
         .map(|j| (j.task_id, j.attempt))
         .collect();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let result = async {
-            let recorded = if records.is_empty() {
-                Vec::new()
-            } else {
-                db::runs::record(&shared.db, &shared.id, &records).await?
-            };
-            if !released.is_empty() {
-                db::runs::release(&shared.db, &shared.id, &released).await?;
-            }
-            Ok::<_, bgagent_shared::Error>(recorded)
+    let mut outage = Outage::new(abandon);
+    let recorded = loop {
+        if records.is_empty() {
+            break Vec::new();
         }
-        .await;
-        match result {
-            Ok(recorded) => {
-                after_record(shared, recorded).await;
-                return true;
+        match db::runs::record(&shared.db, &shared.id, &records).await {
+            Ok(recorded) => break recorded,
+            Err(e) if e.is_unavailable() => {
+                if !outage.wait("record outcomes", &e).await {
+                    return false;
+                }
+            }
+            // The database refused the statement itself: find the record it refused, so one
+            // task's outcome cannot stop every other task's from being stored.
+            Err(e) => {
+                tracing::warn!(error = %e, tasks = records.len(), "recording a batch failed; recording its outcomes one by one");
+                match record_one_by_one(shared, &records, &mut outage).await {
+                    Some(recorded) => break recorded,
+                    None => return false,
+                }
+            }
+        }
+    };
+    while !released.is_empty() {
+        match db::runs::release(&shared.db, &shared.id, &released).await {
+            Ok(_) => break,
+            Err(e) if e.is_unavailable() => {
+                if !outage.wait("hand back interrupted tasks", &e).await {
+                    return false;
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot record outcomes; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = abandon.cancelled() => return false,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                give_up(shared, "release", &e);
+                break;
             }
         }
+    }
+    after_record(shared, recorded).await;
+    true
+}
+
+/// Record outcomes one statement each. An outcome the database refuses is replaced by a
+/// failure that says so (without the agent's result); if that is refused too, the worker gives
+/// up on the task and leaves it to its lease.
+async fn record_one_by_one(
+    shared: &Shared,
+    records: &[AttemptRecord],
+    outage: &mut Outage<'_>,
+) -> Option<Vec<db::runs::Recorded>> {
+    let mut recorded = Vec::with_capacity(records.len());
+    for original in records {
+        let mut record = original.clone();
+        let mut replaced = false;
+        loop {
+            match db::runs::record(&shared.db, &shared.id, std::slice::from_ref(&record)).await {
+                Ok(rows) => {
+                    recorded.extend(rows);
+                    break;
+                }
+                Err(e) if e.is_unavailable() => {
+                    if !outage.wait("record an outcome", &e).await {
+                        return None;
+                    }
+                }
+                Err(e) if !replaced => {
+                    tracing::error!(task_id = %record.task_id, error = %e, "the database refused this outcome; recording the task as failed instead");
+                    record = unstorable(original);
+                    replaced = true;
+                }
+                Err(e) => {
+                    give_up(shared, "record", &e);
+                    tracing::error!(task_id = %record.task_id, "outcome not recorded; the lease will recover the task");
+                    break;
+                }
+            }
+        }
+    }
+    Some(recorded)
+}
+
+/// The terminal failure recorded in place of an outcome the database refused.
+fn unstorable(refused: &AttemptRecord) -> AttemptRecord {
+    AttemptRecord {
+        status: "failed",
+        outcome: "failed",
+        result: None,
+        error: Some(
+            "the attempt ended but its outcome could not be stored (the database refused it; \
+             see the worker log)"
+                .into(),
+        ),
+        retry_delay_secs: 0.0,
+        ..refused.clone()
+    }
+}
+
+/// Log and count an item a loop stops retrying.
+pub(crate) fn give_up(shared: &Shared, what: &'static str, error: &bgagent_shared::Error) {
+    shared.metrics.gave_up.with_label_values(&[what]).inc();
+    tracing::error!(what, error = %error, "giving up on an item the database keeps refusing");
+}
+
+/// Riding out a database outage: waits with a growing delay, until `abandon` fires.
+struct Outage<'a> {
+    delay: Duration,
+    abandon: &'a CancellationToken,
+}
+
+impl<'a> Outage<'a> {
+    fn new(abandon: &'a CancellationToken) -> Self {
+        Self {
+            delay: Duration::from_millis(100),
+            abandon,
+        }
+    }
+
+    /// Wait before the next try; false when abandoned.
+    async fn wait(&mut self, what: &str, error: &bgagent_shared::Error) -> bool {
+        tracing::warn!(error = %error, "cannot {what}; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(self.delay) => {}
+            () = self.abandon.cancelled() => return false,
+        }
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        true
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::acks::{ChannelAcks, Received};
-use crate::pipeline::{requeue, settle};
+use crate::pipeline::{MAX_REFUSALS, give_up, requeue, settle};
 use crate::state::Shared;
 
 /// Why a session ended.
@@ -284,10 +284,11 @@ async fn watch_dead_letters(shared: &Shared, channel: &Channel) -> bgagent_share
 
 /// Fail the task of a dead-lettered single-task message.
 async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
-    let failed = until_stored("fail a dead-lettered task", || {
+    let failed = until_stored(shared, "fail a dead-lettered task", || {
         db::runs::fail_dead_lettered(&shared.db, task_id, reason)
     })
-    .await;
+    .await
+    .flatten();
     if let Some((agent, attempts)) = failed {
         tracing::warn!(task_id = %task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
         shared
@@ -302,9 +303,11 @@ async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
 /// queued tasks become unpublished, so the relay publishes each in a message of its own, and only
 /// a task that keeps failing its deliveries alone is failed.
 async fn split_dead_lettered(shared: &Shared, task_ids: &[Uuid]) {
-    let count = until_stored("unpublish the tasks of a dead-lettered message", || {
-        db::runs::unpublish_queued(&shared.db, task_ids)
-    })
+    let count = until_stored(
+        shared,
+        "unpublish the tasks of a dead-lettered message",
+        || db::runs::unpublish_queued(&shared.db, task_ids),
+    )
     .await;
     tracing::warn!(
         tasks = task_ids.len(),
@@ -314,16 +317,25 @@ async fn split_dead_lettered(shared: &Shared, task_ids: &[Uuid]) {
 }
 
 /// Run a database write until it succeeds, once a second: the dead-letter event is acked only
-/// after its write is stored.
-async fn until_stored<T, F>(what: &str, mut write: impl FnMut() -> F) -> T
+/// after its write is stored. An outage is waited out; a write the database refuses
+/// [`MAX_REFUSALS`] times is given up (None).
+async fn until_stored<T, F>(shared: &Shared, what: &str, mut write: impl FnMut() -> F) -> Option<T>
 where
     F: Future<Output = bgagent_shared::Result<T>>,
 {
+    let mut refusals = 0;
     loop {
         match write().await {
-            Ok(value) => return value,
+            Ok(value) => return Some(value),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot {what}; retrying");
+                if !e.is_unavailable() {
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS {
+                        give_up(shared, "dead_letter_event", &e);
+                        return None;
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

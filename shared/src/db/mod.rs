@@ -10,6 +10,7 @@
 
 pub mod agents;
 pub mod control;
+pub mod json;
 pub mod runs;
 pub mod tasks;
 pub mod workers;

@@ -113,6 +113,31 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
     Ok(out)
 }
 
+/// Insert many tasks as [`insert_batch`] does, with one result per task. When the shared
+/// statement fails for any reason but the database being unreachable, the batch is split in
+/// halves and each half tried again, so only the task that caused the failure fails: one
+/// client's input never fails another client's request.
+pub async fn insert_each(db: &sqlx::PgPool, tasks: &[NewTask]) -> Vec<Result<Inserted>> {
+    match insert_batch(db, tasks).await {
+        Ok(rows) => rows.into_iter().map(Ok).collect(),
+        Err(crate::Error::DatabaseUnavailable(reason)) => tasks
+            .iter()
+            .map(|_| Err(crate::Error::DatabaseUnavailable(reason.clone())))
+            .collect(),
+        Err(e) if tasks.len() == 1 => {
+            tracing::warn!(task_id = %tasks[0].id, error = %e, "the database refused a task");
+            vec![Err(e)]
+        }
+        Err(e) => {
+            tracing::warn!(tasks = tasks.len(), error = %e, "a shared insert failed; splitting it");
+            let (left, right) = tasks.split_at(tasks.len() / 2);
+            let mut results = Box::pin(insert_each(db, left)).await;
+            results.extend(Box::pin(insert_each(db, right)).await);
+            results
+        }
+    }
+}
+
 /// Record that the broker confirmed these new tasks' first messages. Only rows no worker ever
 /// claimed are marked: a task a worker claimed and then sent back (a retry, or a hand-back on
 /// shutdown, which also returns `attempts` to 0) has had its first message consumed and must stay
