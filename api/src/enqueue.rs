@@ -16,6 +16,7 @@ use bgagent_shared::gather::Gather;
 use sqlx::PgPool;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -29,26 +30,41 @@ use crate::metrics::Metrics;
 const MAX_BATCH: usize = 512;
 /// Requests waiting for a loop; beyond this handlers wait (back-pressure).
 const QUEUE_DEPTH: usize = 8192;
+/// Longest an insert loop waits to hand committed ids to the publish loops.
+const PUBLISH_HANDOFF: Duration = Duration::from_millis(50);
 
 struct Job {
     task: NewTask,
     reply: oneshot::Sender<ApiResult<Inserted>>,
+    /// [`WAITING`] until a batch loop takes the job into a statement ([`TAKEN`]), or the request
+    /// gives up first ([`WITHDRAWN`]): whichever side moves first decides.
+    state: Arc<AtomicU8>,
 }
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 /// Handle to the batch loops; cheap to clone.
 #[derive(Clone)]
 pub struct Enqueuer {
     tx: mpsc::Sender<Job>,
+    /// A request still waiting for a statement this long is withdrawn: answered "not stored".
+    withdraw_after: Duration,
+    /// A request whose statement is still running this long is answered "outcome unknown".
+    unknown_after: Duration,
 }
 
 impl Enqueuer {
     /// Start `loops` batch loops. They end once every handle is dropped and the queue drained.
+    /// `answer_within` is the request timeout: every enqueue is answered truthfully before it.
     pub fn start(
         db: PgPool,
         publisher: Publisher,
         metrics: Arc<Metrics>,
         loops: usize,
         tasks_per_message: usize,
+        answer_within: Duration,
     ) -> (Self, JoinSet<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let rx = Arc::new(Mutex::new(rx));
@@ -77,19 +93,52 @@ impl Enqueuer {
             };
             set.spawn(pipeline.run(rx.clone()));
         }
-        (Self { tx }, set)
+        let enqueuer = Self {
+            tx,
+            withdraw_after: answer_within * 3 / 4,
+            unknown_after: answer_within * 9 / 10,
+        };
+        (enqueuer, set)
     }
 
-    /// Insert (and publish) one task; resolves once its row is committed.
+    /// Insert (and publish) one task; resolves once its row is committed. Never answers "not
+    /// stored" for a task that was stored: a request that waited too long for a statement is
+    /// withdrawn before any statement can take it (503, nothing stored); one whose statement is
+    /// still running near the request timeout is answered `outcome_unknown` (503), which the
+    /// clients retry with the same idempotency key.
     pub async fn enqueue(&self, task: NewTask) -> ApiResult<Inserted> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job { task, reply })
-            .await
-            .map_err(|_| ApiError::Unavailable("enqueue pipeline"))?;
-        answer
-            .await
-            .map_err(|_| ApiError::Internal("enqueue pipeline dropped the request".into()))?
+        let started = Instant::now();
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        let job = Job {
+            task,
+            reply,
+            state: state.clone(),
+        };
+        let withdraw_at = started + self.withdraw_after;
+        match tokio::time::timeout_at(withdraw_at, self.tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ApiError::Unavailable("enqueue pipeline")),
+            Err(_) => return Err(ApiError::Unavailable("database")),
+        }
+        let dropped = |_| ApiError::Internal("enqueue pipeline dropped the request".into());
+        if let Ok(result) = tokio::time::timeout_at(withdraw_at, &mut answer).await {
+            return result.map_err(dropped)?;
+        }
+        if state
+            .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::warn!("enqueue withdrawn: no statement took it in time; nothing stored");
+            return Err(ApiError::Unavailable("database"));
+        }
+        match tokio::time::timeout_at(started + self.unknown_after, answer).await {
+            Ok(result) => result.map_err(dropped)?,
+            Err(_) => {
+                tracing::warn!("enqueue statement still running at the deadline; outcome unknown");
+                Err(ApiError::OutcomeUnknown)
+            }
+        }
     }
 }
 
@@ -121,8 +170,21 @@ impl Pipeline {
     }
 
     async fn process(&self, jobs: Vec<Job>) {
-        let (tasks, replies): (Vec<NewTask>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.task, j.reply)).unzip();
+        // A request that gave up (withdrawn, or its handler dropped by the timeout layer) is not
+        // inserted: it was, or will be, answered "not stored".
+        let (tasks, replies): (Vec<NewTask>, Vec<_>) = jobs
+            .into_iter()
+            .filter(|j| {
+                !j.reply.is_closed()
+                    && j.state
+                        .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            })
+            .map(|j| (j.task, j.reply))
+            .unzip();
+        if tasks.is_empty() {
+            return;
+        }
         let results = db::tasks::insert_each(&self.db, &tasks).await;
         let mut due = Vec::new();
         for ((reply, result), task) in replies.into_iter().zip(results).zip(&tasks) {
@@ -147,8 +209,12 @@ impl Pipeline {
             tracing::debug!(task_id = %row.task.id, agent = %row.task.agent, created = row.created, "enqueued");
             let _ = reply.send(Ok(row));
         }
-        if !due.is_empty() && self.publish.send(due).await.is_err() {
-            tracing::warn!("publish loop gone; the relay will publish these tasks");
+        // Committed tasks never wait for the broker: when publishing is stuck (a stalled broker),
+        // the batch is left unpublished for the relay instead of holding up the next inserts.
+        if !due.is_empty()
+            && let Err(e) = self.publish.send_timeout(due, PUBLISH_HANDOFF).await
+        {
+            tracing::debug!(error = %e, "publishing is behind; the relay will publish these tasks");
         }
     }
 }

@@ -36,6 +36,13 @@ pub enum ApiError {
     /// PostgreSQL (or another required service) is unreachable.
     #[error("{0} unavailable, retry later")]
     Unavailable(&'static str),
+    /// The statement that stores the task was still running at the deadline: it may or may
+    /// not have been stored.
+    #[error(
+        "the task may or may not have been stored; retry with the same idempotency key \
+         (without one, a retry may create a second task)"
+    )]
+    OutcomeUnknown,
     /// A bug or unexpected failure; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -78,6 +85,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::OutcomeUnknown => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

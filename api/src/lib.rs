@@ -89,6 +89,7 @@ impl Api {
             metrics.clone(),
             config.enqueue_loops,
             usize::from(config.tasks_per_message),
+            Duration::from_secs(config.request_timeout_secs.max(1)),
         );
         let listener = TcpListener::bind(config.bind).await.map_err(|e| {
             Error::Io(format!(

@@ -4,7 +4,8 @@
 //! that carries the API's error `code`, `message` and `field` with the HTTP status, and:
 //!
 //! - **Retries** with exponential backoff and jitter ([`RetryPolicy`]): on connection failures
-//!   (nothing was sent, so every call retries them) and, for idempotent calls, on 503 answers.
+//!   (nothing was sent, so every call retries them) and, for idempotent calls, on 408 and 503
+//!   answers (503 `outcome_unknown` included).
 //!   Idempotent calls are the GETs, `stop`, `start`, `register_agent`, and `enqueue`, because
 //!   [`Client::enqueue`] sends an idempotency key on every call (a fresh UUID unless the request
 //!   has one), so a retried enqueue returns the task the first try created instead of a duplicate.
@@ -146,7 +147,7 @@ fn random_u64() -> u64 {
 enum Retry {
     /// Connection failures only: nothing reached the server.
     ConnectOnly,
-    /// Connection failures and 503 answers: the call is idempotent.
+    /// Connection failures and 408 and 503 answers: the call is idempotent.
     Idempotent,
 }
 
@@ -554,7 +555,11 @@ impl Client {
             };
             let retryable = match &error {
                 Error::Connect { .. } => true,
-                Error::Api { status: 503, .. } => retry == Retry::Idempotent,
+                // 503 (unavailable, or outcome unknown) and 408 may hide a stored request: only
+                // calls that are safe to repeat (enqueue carries an idempotency key) retry them.
+                Error::Api {
+                    status: 408 | 503, ..
+                } => retry == Retry::Idempotent,
                 _ => false,
             };
             if !retryable || retries >= self.retry.max_retries {

@@ -680,22 +680,10 @@ async fn broker_down_still_accepts_with_unpublished_rows() {
         Some(false)
     );
 
+    // The API stays in service: tasks are accepted into the outbox while the broker is down,
+    // so readiness depends on PostgreSQL only; /health reports the broker.
     let ready = api.http.get(api.url("/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_ready");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("rabbitmq")
-    );
-    assert!(
-        !body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("postgresql")
-    );
+    assert_eq!(ready.status(), StatusCode::OK);
     let health: Value = api.public_json("/health").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["broker_ok"], false);

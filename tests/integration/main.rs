@@ -14,4 +14,5 @@ mod mcp;
 mod messages;
 mod metrics;
 mod recovery;
+mod stalls;
 mod worker;

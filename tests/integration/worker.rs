@@ -31,21 +31,29 @@ async fn attempts_of(
         .unwrap()
 }
 
-async fn dead_messages(env: &TestEnv) -> Vec<lapin::message::BasicGetMessage> {
+/// The dead queue's messages, once at least `expected` have arrived (copies are published off
+/// the record path, so they may trail the task's final status a little).
+async fn dead_messages(env: &TestEnv, expected: usize) -> Vec<lapin::message::BasicGetMessage> {
     let conn = env.amqp().await;
     let ch = conn.create_channel().await.unwrap();
     let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(
-            env.topology().dead_queue().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-    {
-        out.push(m);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while let Some(m) = ch
+            .basic_get(
+                env.topology().dead_queue().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            out.push(m);
+        }
+        if out.len() >= expected || tokio::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,8 +157,7 @@ async fn failures_retry_with_growing_delays_then_dead_letter() {
     assert_eq!((done.status, done.attempts), (TaskStatus::Failed, 1));
 
     // Both failures were copied to the dead queue with their error and attempts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let dead = dead_messages(&env).await;
+    let dead = dead_messages(&env, 2).await;
     assert_eq!(dead.len(), 2, "one dead-letter copy per failed task");
     let by_task: HashMap<String, &lapin::message::BasicGetMessage> = dead
         .iter()
@@ -518,8 +525,7 @@ async fn unparseable_messages_are_dead_lettered_and_the_worker_keeps_going() {
         .wait_task(id_of(&task), WAIT, |t| t.status.is_terminal())
         .await;
     assert_eq!(done.status, TaskStatus::Succeeded);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let dead = dead_messages(&env).await;
+    let dead = dead_messages(&env, 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(&dead[0].delivery.data[..], b"this is not json");
 }
@@ -662,7 +668,7 @@ async fn a_message_past_the_delivery_limit_fails_its_task() {
         "{error}"
     );
     // The operator's copy is on the dead queue.
-    let dead = dead_messages(&env).await;
+    let dead = dead_messages(&env, 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         serde_json::from_slice::<Value>(&dead[0].delivery.data).unwrap()["task_id"],

@@ -10,6 +10,8 @@
 //! sent under its lock, in order. A delivery dropped without a settle stays outstanding, which
 //! only stops later acks from being coalesced past it; it is never acked by accident.
 
+use bgagent_shared::broker::{Publisher, TaskMessage};
+use futures_util::future::join_all;
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -30,12 +32,14 @@ impl ChannelAcks {
     /// Register a delivery; call in the order the channel delivers.
     pub(crate) async fn receive(&self, delivery: Delivery) -> Received {
         self.outstanding.lock().await.insert(delivery.delivery_tag);
+        let data: Arc<[u8]> = delivery.data.into();
         Received {
-            data: delivery.data,
+            data: data.clone(),
             pending: Pending {
                 tag: delivery.delivery_tag,
                 acker: delivery.acker,
                 channel: self.clone(),
+                body: data,
             },
         }
     }
@@ -47,7 +51,7 @@ impl ChannelAcks {
 
 /// A registered delivery: its body and what settles it.
 pub(crate) struct Received {
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Arc<[u8]>,
     pub(crate) pending: Pending,
 }
 
@@ -56,6 +60,8 @@ pub(crate) struct Pending {
     tag: u64,
     acker: Acker,
     channel: ChannelAcks,
+    /// The message, to publish again on a hand-back.
+    body: Arc<[u8]>,
 }
 
 /// Acknowledge deliveries (of any channels), coalescing each channel's into as few frames as the
@@ -76,8 +82,42 @@ pub(crate) async fn ack(pending: impl IntoIterator<Item = Pending>) {
     }
 }
 
-/// Hand deliveries back to the queue, each channel's together.
-pub(crate) async fn requeue(pending: impl IntoIterator<Item = Pending>) {
+/// Hand deliveries back: publish each message again (with confirms) and ack the original. A
+/// quorum queue counts every `nack(requeue)` toward its delivery limit, so handing a message
+/// back on every pause or shutdown would dead-letter a task that never ran; a fresh copy starts
+/// with no deliveries. A message that cannot be published again (broker trouble, or a body that
+/// is not a task message) is nacked back to the queue as before.
+pub(crate) async fn hand_back(publisher: &Publisher, pending: impl IntoIterator<Item = Pending>) {
+    let pending: Vec<Pending> = pending.into_iter().collect();
+    if pending.is_empty() {
+        return;
+    }
+    let republished = join_all(pending.iter().map(|p| republish(publisher, &p.body))).await;
+    let (copied, requeue): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .zip(republished)
+        .partition(|(_, copied)| *copied);
+    ack(copied.into_iter().map(|(p, _)| p)).await;
+    nack_requeue(requeue.into_iter().map(|(p, _)| p)).await;
+}
+
+/// Publish the tasks of `body` again in one message; true once the broker confirmed it.
+async fn republish(publisher: &Publisher, body: &[u8]) -> bool {
+    let Ok(message) = serde_json::from_slice::<TaskMessage>(body) else {
+        return false;
+    };
+    let ids = message.task_ids();
+    match publisher.publish_tasks(ids, ids.len()).await {
+        Ok(confirmed) => confirmed.len() == ids.len(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot publish a handed-back message again; returning it to the queue");
+            false
+        }
+    }
+}
+
+/// Return deliveries to the queue, each channel's together.
+async fn nack_requeue(pending: impl IntoIterator<Item = Pending>) {
     for (channel, group) in by_channel(pending) {
         let mut outstanding = channel.outstanding.lock().await;
         for p in &group {

@@ -96,6 +96,19 @@ impl WorkerOptions {
         )
     }
 
+    /// Refuse settings under which a live worker would lose its own tasks: a lease must
+    /// outlast at least two missed heartbeats, since the heartbeat renews it.
+    pub fn validate(&self) -> bgagent_shared::Result<()> {
+        if self.lease_secs < 3 * self.heartbeat_secs.max(1) {
+            return Err(bgagent_shared::Error::Config(format!(
+                "BGAGENT_LEASE_SECS ({}) must be at least 3 x BGAGENT_HEARTBEAT_SECS ({}): the \
+                 heartbeat renews leases, and a lease must survive two missed heartbeats",
+                self.lease_secs, self.heartbeat_secs
+            )));
+        }
+        Ok(())
+    }
+
     /// Heartbeat period.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
@@ -121,6 +134,28 @@ impl Default for WorkerOptions {
             omni_gateway_url: None,
             omni_gateway_api_key: None,
             omni_gateway_api_key_file: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_must_outlast_two_missed_heartbeats() {
+        let options = |lease_secs, heartbeat_secs| WorkerOptions {
+            lease_secs,
+            heartbeat_secs,
+            ..WorkerOptions::default()
+        };
+        assert!(options(60, 5).validate().is_ok());
+        assert!(options(3, 1).validate().is_ok());
+        for (lease, heartbeat) in [(5, 5), (4, 5), (14, 5), (0, 1)] {
+            match options(lease, heartbeat).validate() {
+                Err(err) => assert!(err.to_string().contains("BGAGENT_LEASE_SECS"), "{err}"),
+                Ok(()) => panic!("lease {lease} s with heartbeat {heartbeat} s accepted"),
+            }
         }
     }
 }

@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bgagent_shared::broker::Publisher;
+
 use crate::acks::{self, Pending};
 
 /// One task's share of a delivery.
@@ -72,7 +74,10 @@ impl<P> TaskDelivery<P> {
 }
 
 /// Send the settles: acks coalesced per channel, hand-backs together.
-pub(crate) async fn settle(settles: impl IntoIterator<Item = Option<Settle>>) {
+pub(crate) async fn settle(
+    publisher: &Publisher,
+    settles: impl IntoIterator<Item = Option<Settle>>,
+) {
     let (mut ack, mut requeue) = (Vec::new(), Vec::new());
     for settle in settles.into_iter().flatten() {
         match settle {
@@ -81,7 +86,7 @@ pub(crate) async fn settle(settles: impl IntoIterator<Item = Option<Settle>>) {
         }
     }
     if !requeue.is_empty() {
-        acks::requeue(requeue).await;
+        acks::hand_back(publisher, requeue).await;
     }
     if !ack.is_empty() {
         acks::ack(ack).await;

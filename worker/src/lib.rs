@@ -68,6 +68,7 @@ const RECORD_LOOPS: usize = 1;
 pub struct Worker {
     shared: Arc<Shared>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    dead_copies: mpsc::Receiver<pipeline::DeadCopy>,
 }
 
 impl Worker {
@@ -75,6 +76,7 @@ impl Worker {
     /// yet: the worker starts while PostgreSQL or RabbitMQ are down and waits for them.
     pub async fn build(config: &WorkerConfig) -> Result<Self, Error> {
         let options = config.options.clone();
+        options.validate()?;
         let id = options.worker_id.clone().unwrap_or_else(default_worker_id);
         let db = db::pool(&config.database, &format!("bgagent-worker@{id}"))?;
         let publisher = Publisher::new(&config.broker, &format!("bgagent-worker@{id}/publish"))?;
@@ -100,6 +102,7 @@ impl Worker {
             max: Duration::from_secs(options.retry_max_secs.max(1)),
         };
         let (paused, _) = watch::channel(false);
+        let (dead_copies_tx, dead_copies) = mpsc::channel(DEAD_COPY_BACKLOG);
         let shared = Shared {
             id,
             amqp_url: config.broker.url()?.to_owned(),
@@ -117,10 +120,12 @@ impl Worker {
             paused,
             interrupt: CancellationToken::new(),
             connected: Arc::new(AtomicBool::new(false)),
+            dead_copies: dead_copies_tx,
         };
         Ok(Self {
             shared: Arc::new(shared),
             metrics_listener,
+            dead_copies,
         })
     }
 
@@ -165,6 +170,11 @@ impl Worker {
         ));
         let relay = tokio::spawn(maintenance::relay_loop(shared.clone(), shutdown.clone()));
         let reaper = tokio::spawn(maintenance::reaper_loop(shared.clone(), shutdown.clone()));
+        let dead_copies = tokio::spawn(pipeline::dead_copy_loop(
+            shared.clone(),
+            self.dead_copies,
+            finished.clone(),
+        ));
         let claims = tokio::spawn(pipeline::claim_loop(
             shared.clone(),
             deliveries_rx,
@@ -212,6 +222,7 @@ impl Worker {
         }
         finished.cancel();
         bounded_join(heartbeat).await;
+        bounded_join(dead_copies).await;
         if let Err(e) = db::workers::mark_stopped(&shared.db, &shared.id).await {
             tracing::warn!(error = %e, "cannot mark the worker stopped");
         }
@@ -222,6 +233,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// Dead-queue copies that may wait for the broker before new ones are dropped.
+const DEAD_COPY_BACKLOG: usize = 4096;
 
 /// Longest wait for one step of the final shutdown.
 const STOP_STEP: Duration = Duration::from_secs(10);

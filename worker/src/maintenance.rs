@@ -4,9 +4,10 @@
 use bgagent_shared::db;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::WorkerOptions;
 use crate::pipeline::dead_letter;
 use crate::state::Shared;
 
@@ -109,18 +110,21 @@ pub(crate) async fn relay_once(shared: &Shared) -> bgagent_shared::Result<usize>
     Ok(confirmed.len())
 }
 
+/// Time a last-attempt task gets past its own timeout before the reaper fails it: the attempt
+/// cannot legitimately run longer, so a holder that was frozen still gets to report it.
+const LAST_ATTEMPT_GRACE_SECS: f64 = 30.0;
+
 /// Recover the running tasks of workers that died or lost their lease.
 pub(crate) async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let period = shared.options.heartbeat() * 2;
-    // A worker is lost after missing several heartbeats.
-    let stale_secs = (shared.options.heartbeat_secs.max(1) * 6).max(15) as f64;
     let mut tick = tokio::time::interval(period);
+    let mut view = DatabaseView::new(&shared.options);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        match db::runs::reap(&shared.db, stale_secs).await {
+        match reap_once(&shared, &mut view).await {
             Ok(reaped) => {
                 for task in reaped {
                     shared.metrics.recovered.inc();
@@ -132,12 +136,82 @@ pub(crate) async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
                             &task.agent,
                             task.attempts,
                             Some("worker lost on the last attempt"),
-                        )
-                        .await;
+                        );
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+            Err(e) => {
+                view.lost();
+                tracing::warn!(error = %e, "reaper pass failed");
+            }
         }
     }
+}
+
+/// What the reaper knows about its own view of the database. A lease expires when its holder
+/// stops renewing it; but while the database (or this process) stalls, nobody can renew, and
+/// right after the stall every lease looks expired. So the reaper acts only once its view has
+/// been current for a whole lease period, in which every live holder has renewed.
+struct DatabaseView {
+    /// Since when every round trip was prompt; None after a failure or stall.
+    current_since: Option<Instant>,
+    /// When the previous pass ran (a late pass means this process itself stalled).
+    last_pass: Option<Instant>,
+    /// A round trip slower than this is a stall.
+    stall: Duration,
+    /// How long the view must be current before leases are judged.
+    settle: Duration,
+    /// A pass later than this after the previous one means this process stalled.
+    late_pass: Duration,
+}
+
+impl DatabaseView {
+    fn new(options: &WorkerOptions) -> Self {
+        let lease = Duration::from_secs(options.lease_secs.max(1));
+        Self {
+            current_since: None,
+            last_pass: None,
+            stall: (lease / 4).max(Duration::from_secs(1)),
+            settle: lease + options.heartbeat(),
+            late_pass: options.heartbeat() * 4 + lease / 4,
+        }
+    }
+
+    fn lost(&mut self) {
+        self.current_since = None;
+    }
+}
+
+/// One reaper pass: reap only with a view that is current and has been for a lease period.
+async fn reap_once(
+    shared: &Shared,
+    view: &mut DatabaseView,
+) -> bgagent_shared::Result<Vec<db::runs::Reaped>> {
+    let sent = Instant::now();
+    let late = view
+        .last_pass
+        .replace(sent)
+        .is_some_and(|last| sent - last > view.late_pass);
+    let db_now = db::now(&shared.db).await?;
+    let answered = Instant::now();
+    if late || answered - sent > view.stall {
+        tracing::info!(
+            round_trip_ms = (answered - sent).as_millis() as u64,
+            late,
+            "database or worker stalled; leases are judged again once every holder could renew"
+        );
+        view.current_since = Some(answered);
+        return Ok(Vec::new());
+    }
+    let current_since = *view.current_since.get_or_insert(answered);
+    if answered - current_since < view.settle {
+        return Ok(Vec::new());
+    }
+    // The reap must run promptly too: one that waits out a stall in the connection or the server
+    // would judge leases nobody could renew.
+    let run_before = chrono::Duration::from_std(answered.elapsed() + view.stall)
+        .ok()
+        .and_then(|slack| db_now.checked_add_signed(slack))
+        .unwrap_or(db_now);
+    db::runs::reap(&shared.db, LAST_ATTEMPT_GRACE_SECS, run_before).await
 }

@@ -35,7 +35,8 @@ pub struct WorkerMetrics {
     pub relay_published: IntCounter,
     /// Running tasks recovered from lost workers.
     pub recovered: IntCounter,
-    /// Items a loop stopped retrying, by loop (`claim`, `record`, `release`, `dead_letter_event`).
+    /// Items a loop stopped retrying, by loop (`claim`, `record`, `release`, `dead_letter_event`,
+    /// `dead_copy`).
     pub gave_up: IntCounterVec,
 }
 

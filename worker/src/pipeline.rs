@@ -8,8 +8,6 @@ use bgagent_shared::domain::{Task, storable_json, storable_text};
 use bgagent_shared::gather::Gather;
 use chrono::Utc;
 use futures_util::FutureExt;
-use lapin::Acker;
-use lapin::options::BasicNackOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -89,12 +87,16 @@ pub(crate) async fn claim_loop(
             }
             if halted() {
                 // Nothing new starts while stopping or paused: hand the messages back.
-                acks::requeue(received.drain(..).map(|d| d.pending)).await;
+                acks::hand_back(&shared.publisher, received.drain(..).map(|d| d.pending)).await;
                 continue;
             }
             backlog.extend(unpack(&shared, received.drain(..)).await);
         } else if halted() {
-            delivery::settle(backlog.drain(..).map(|(_, d)| d.hand_back())).await;
+            delivery::settle(
+                &shared.publisher,
+                backlog.drain(..).map(|(_, d)| d.hand_back()),
+            )
+            .await;
             continue;
         }
         let mut permits = vec![first];
@@ -168,7 +170,11 @@ async fn claim_batch(
                     if refusals >= MAX_REFUSALS {
                         give_up(shared, "claim", &e);
                     }
-                    delivery::settle(batch.into_iter().map(|(_, d)| d.hand_back())).await;
+                    delivery::settle(
+                        &shared.publisher,
+                        batch.into_iter().map(|(_, d)| d.hand_back()),
+                    )
+                    .await;
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -195,15 +201,7 @@ async fn claim_batch(
             }
         }
     }
-    delivery::settle(dropped).await;
-}
-
-/// Hand a delivery back to the queue.
-pub(crate) fn requeue(acker: &Acker) -> impl Future<Output = lapin::Result<bool>> + '_ {
-    acker.nack(BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    })
+    delivery::settle(&shared.publisher, dropped).await;
 }
 
 /// Run acks, nacks or rejects concurrently, all within [`SETTLE_TIMEOUT`].
@@ -253,7 +251,7 @@ async fn execute(
     let timeout_secs = u64::try_from(task.timeout_secs).unwrap_or(1).max(1);
     // Long tasks would outlive the broker's consumer timeout; ack now and let the lease guard them.
     let delivery = if timeout_secs > shared.options.early_ack_secs {
-        delivery::settle([delivery.done()]).await;
+        delivery::settle(&shared.publisher, [delivery.done()]).await;
         None
     } else {
         Some(delivery)
@@ -416,6 +414,7 @@ pub(crate) async fn record_loop(
             continue;
         }
         delivery::settle(
+            &shared.publisher,
             taken
                 .into_iter()
                 .filter_map(|j| j.delivery)
@@ -578,28 +577,85 @@ async fn after_record(shared: &Shared, recorded: Vec<db::runs::Recorded>) {
                 &row.agent,
                 row.attempt,
                 row.error.as_deref(),
-            )
-            .await;
+            );
         }
     }
 }
 
-/// Put a copy of a terminally failed task on the dead queue for operators.
-pub(crate) async fn dead_letter(
+/// A copy of a terminally failed task for the dead queue.
+pub(crate) struct DeadCopy {
+    task_id: Uuid,
+    agent: String,
+    attempts: i32,
+    error: String,
+}
+
+/// Queue a copy of a terminally failed task for the dead queue, for operators. The copy is
+/// published by [`dead_copy_loop`], off the record loop, so a slow broker never holds up the
+/// recording and acknowledging of other tasks. The row already says `failed`; when the copies
+/// back up, this one is dropped (logged and counted).
+pub(crate) fn dead_letter(
     shared: &Shared,
     task_id: Uuid,
     agent: &str,
     attempts: i32,
     error: Option<&str>,
 ) {
-    let error = error.unwrap_or("failed");
+    let copy = DeadCopy {
+        task_id,
+        agent: agent.to_owned(),
+        attempts,
+        error: error.unwrap_or("failed").to_owned(),
+    };
+    if shared.dead_copies.try_send(copy).is_err() {
+        shared
+            .metrics
+            .gave_up
+            .with_label_values(&["dead_copy"])
+            .inc();
+        tracing::warn!(task_id = %task_id, "dead-queue copies are backed up; this one is dropped (the task row says failed)");
+    }
+}
+
+/// Publish dead-queue copies until `stop`, then those still waiting (bounded by the publisher's
+/// confirm timeout each).
+pub(crate) async fn dead_copy_loop(
+    shared: Arc<Shared>,
+    mut copies: mpsc::Receiver<DeadCopy>,
+    stop: CancellationToken,
+) {
+    loop {
+        let copy = tokio::select! {
+            copy = copies.recv() => copy,
+            () = stop.cancelled() => break,
+        };
+        match copy {
+            Some(copy) => publish_dead_copy(&shared, copy).await,
+            None => return,
+        }
+    }
+    while let Ok(copy) = copies.try_recv() {
+        publish_dead_copy(&shared, copy).await;
+    }
+}
+
+async fn publish_dead_copy(shared: &Shared, copy: DeadCopy) {
+    let DeadCopy {
+        task_id,
+        agent,
+        attempts,
+        error,
+    } = copy;
     let body = json!({"task_id": task_id, "agent": agent, "attempts": attempts, "error": error});
     let mut headers = FieldTable::default();
     headers.insert(
         "task_id".into(),
         AMQPValue::LongString(task_id.to_string().as_str().into()),
     );
-    headers.insert("x-error".into(), AMQPValue::LongString(error.into()));
+    headers.insert(
+        "x-error".into(),
+        AMQPValue::LongString(error.as_str().into()),
+    );
     headers.insert("x-attempts".into(), AMQPValue::LongInt(attempts));
     if let Err(e) = shared
         .publisher

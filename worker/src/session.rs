@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::acks::{ChannelAcks, Received};
-use crate::pipeline::{MAX_REFUSALS, give_up, requeue, settle};
+use crate::acks::{ChannelAcks, Received, hand_back};
+use crate::pipeline::{MAX_REFUSALS, give_up, settle};
 use crate::state::Shared;
 
 /// Why a session ended.
@@ -163,11 +163,13 @@ async fn consume(
             Ok(Err(e)) => return Ended::Lost(format!("basic.cancel: {e}")),
             Err(_) => return Ended::Lost("basic.cancel timed out".into()),
         }
+        let mut late = Vec::new();
         while let Ok(Some(Ok(delivery))) =
             tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
         {
-            settle("requeue", [requeue(&delivery.acker)]).await;
+            late.push(acks.receive(delivery).await.pending);
         }
+        hand_back(&shared.publisher, late).await;
         tracing::info!(consumer = %tag, "consumer cancelled");
         if let Some(ended) = stop_reason {
             return ended;

@@ -5,7 +5,7 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub interrupt: CancellationToken,
     /// Bounds the tasks running at once.
     pub permits: Arc<Semaphore>,
+    /// Copies of failed tasks waiting to be published to the dead queue.
+    pub dead_copies: mpsc::Sender<crate::pipeline::DeadCopy>,
     /// True while a broker session is up (`/ready`).
     pub connected: Arc<AtomicBool>,
 }

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 from urllib.parse import quote
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 
@@ -141,13 +141,14 @@ class Client:
         api_key: Sent as ``x-api-key``; defaults to ``$BACKGROUND_AGENT_API_KEY`` (or the
             contents of ``$BACKGROUND_AGENT_API_KEY_FILE``). Only :meth:`health` works without.
         timeout: Per-request timeout in seconds.
-        retries: Extra attempts for idempotent calls on connection errors and 503 answers.
+        retries: Extra attempts for idempotent calls on connection errors and 408/503 answers.
         backoff: First retry delay in seconds; doubles each time (with jitter).
         transport: Optional ``httpx`` transport (for tests, e.g. ``httpx.MockTransport``).
 
-    Idempotent calls (``GET``s, :meth:`register`, which is an upsert, and :meth:`enqueue` with an
-    ``idempotency_key``) are retried on connection errors and 503. Other calls are retried only
-    when the connection could not be opened at all, since then nothing reached the server.
+    Idempotent calls (``GET``s, :meth:`register`, which is an upsert, and :meth:`enqueue`, which
+    always sends an idempotency key) are retried on connection errors, 408 and 503. Other calls
+    are retried only when the connection could not be opened at all, since then nothing reached
+    the server.
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -234,7 +235,9 @@ class Client:
                 raise BgAgentConnectionError(
                     f"{method} {target} failed: {exc!r}", code="connection_error"
                 ) from exc
-            if response.status_code == 503 and idempotent and attempt < self.retries:
+            # 503 (unavailable, or outcome unknown) and 408 may hide a stored request: retry only
+            # calls that are safe to repeat (enqueue always carries an idempotency key).
+            if response.status_code in (408, 503) and idempotent and attempt < self.retries:
                 attempt += 1
                 self._sleep_backoff(attempt, response.headers.get("retry-after"))
                 continue
@@ -311,8 +314,11 @@ class Client:
         """Enqueue ``command`` for ``agent`` and return the stored task (with its ``id``).
 
         With an ``idempotency_key``, enqueueing again returns the task that already holds that
-        key instead of creating a new one, and the call is retried on transient failures.
+        key instead of creating a new one. Without one, a fresh key is sent, so the call is
+        retried on transient failures without ever creating the task twice.
         """
+        if idempotency_key is None:
+            idempotency_key = str(uuid4())
         body: Dict[str, Any] = {"agent": agent, "command": command}
         optional = {
             "meta": dict(meta) if meta is not None else None,
@@ -322,9 +328,7 @@ class Client:
             "delay_secs": delay_secs,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        return self._call(
-            "POST", "/enqueue", json=body, idempotent=idempotency_key is not None
-        )
+        return self._call("POST", "/enqueue", json=body, idempotent=True)
 
     def get(self, task_id: TaskId) -> Task:
         """The task ``task_id`` (404 ``not_found`` if unknown, 400 if not a UUID)."""

@@ -6,6 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterator, List, Tuple
+from uuid import UUID
 
 import httpx
 import pytest
@@ -61,7 +62,10 @@ def test_enqueue_sends_key_and_only_given_fields() -> None:
     assert req.method == "POST"
     assert str(req.url) == f"{BASE}/enqueue"
     assert req.headers["x-api-key"] == KEY
-    assert json.loads(req.content) == {
+    body = json.loads(req.content)
+    # A fresh idempotency key on every enqueue, so retries never create a second task.
+    assert UUID(body.pop("idempotency_key"))
+    assert body == {
         "agent": "echo",
         "command": "hi",
         "meta": {"a": 1},
@@ -231,11 +235,13 @@ def test_get_gives_up_after_retries() -> None:
     assert len(seen) == 3
 
 
-def test_enqueue_without_key_is_not_retried_on_503() -> None:
-    client, seen = make_client(lambda r: error(503, "unavailable", "down"))
-    with pytest.raises(BgAgentError):
-        client.enqueue("echo", "hi")
-    assert len(seen) == 1
+def test_enqueue_without_key_retries_with_one_generated_key() -> None:
+    unknown = error(503, "outcome_unknown", "the task may or may not have been stored")
+    timeout = error(408, "timeout", "request took too long")
+    client, seen = make_client(flaky([unknown, timeout], httpx.Response(202, json=task())))
+    assert client.enqueue("echo", "hi")["id"] == TASK_ID
+    keys = {json.loads(r.content)["idempotency_key"] for r in seen}
+    assert len(seen) == 3 and len(keys) == 1
 
 
 def test_enqueue_with_key_is_retried_on_503() -> None:
@@ -270,9 +276,9 @@ def test_read_errors_retry_only_idempotent_calls() -> None:
     assert client.get(TASK_ID)["id"] == TASK_ID
     assert len(seen) == 2
 
-    client, seen = make_client(raising(httpx.ReadError("reset"), 1, httpx.Response(202, json=task())))
+    client, seen = make_client(raising(httpx.ReadError("reset"), 1, httpx.Response(200, json=task())))
     with pytest.raises(BgAgentConnectionError) as info:
-        client.enqueue("echo", "hi")
+        client.cancel(TASK_ID)
     assert info.value.status is None
     assert info.value.code == "connection_error"
     assert len(seen) == 1

@@ -107,6 +107,11 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// The database's clock: every time decision is made on it, never on a host's clock.
+pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>> {
+    Ok(sqlx::query_scalar("select now()").fetch_one(pool).await?)
+}
+
 /// Round-trip to the server within `timeout`.
 pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
     matches!(

@@ -70,9 +70,13 @@ pub struct Recorded {
     pub error: Option<String>,
 }
 
-/// Record many attempt outcomes in one statement. Each update is fenced on (attempt, worker,
-/// running): if the lease was lost and the task re-run elsewhere, the stale outcome is dropped.
-/// A task whose cancel was requested while it ran ends `cancelled` whatever the outcome.
+/// Record many attempt outcomes in one statement. Each update is fenced on the claimed attempt
+/// and worker: if the task was re-run since (a newer attempt was claimed), or cancelled, or
+/// finished otherwise, the stale outcome is dropped. A late outcome is still taken when no
+/// newer attempt began: a holder that froze past its lease, whose task the reaper returned to
+/// the queue (or failed on its last attempt), reports what its agent really did, and the
+/// attempt's record says so instead of "worker lost". A task whose cancel was requested while
+/// it ran ends `cancelled` whatever the outcome.
 pub async fn record(
     db: &PgPool,
     worker_id: &str,
@@ -109,7 +113,8 @@ pub async fn record(
                  updated_at = now()
              from input i
              where t.id = any($1) and t.id = i.id
-               and (t.attempts = i.attempt and t.status = 'running' and t.worker_id = $9) is true
+               and (t.attempts = i.attempt and t.worker_id = $9
+                    and t.status in ('running', 'queued', 'failed')) is true
              returning t.id, t.agent, t.status, t.attempts,
                        case when t.cancel_requested then 'cancelled' else i.outcome end as outcome,
                        case when t.cancel_requested then 'cancelled by request' else i.error end
@@ -119,7 +124,8 @@ pub async fn record(
          attempts as (
              insert into task_attempts (task_id, attempt, agent, worker_id, outcome, error, started_at)
              select id, attempts, agent, $9, outcome, error, started from updated
-             on conflict (task_id, attempt) do nothing
+             on conflict (task_id, attempt) do update set
+                 outcome = excluded.outcome, error = excluded.error, finished_at = now()
          )
          select id as task_id, agent, status, outcome, attempts as attempt, error from updated",
     )
@@ -250,18 +256,30 @@ pub struct Reaped {
     pub attempts: i32,
 }
 
-/// Return to the queue the running tasks whose lease expired or whose worker stopped
-/// heart-beating (or shut down); a task that was on its last attempt fails instead, so a task that
-/// kills its worker every time cannot loop forever.
-pub async fn reap(db: impl PgExecutor<'_>, stale_worker_secs: f64) -> Result<Vec<Reaped>> {
+/// Return to the queue the running tasks whose holder broke its promise: the lease it took and
+/// kept renewing expired, or it shut down with the task still running. Each task is judged by
+/// its own lease, never by the reaper's settings. A task on its last attempt fails instead, so a
+/// task that kills its worker every time cannot loop forever; but not before the attempt could
+/// have ended on its own (`started_at + timeout_secs + last_attempt_grace_secs`), so a holder
+/// that was only frozen still gets to report it.
+///
+/// `run_before` is the database time by which the statement must run: a statement that waited
+/// in a stalled connection or server finds every lease expired, because nobody could renew one
+/// meanwhile, and must not act on that stale view. Such a late statement reaps nothing.
+pub async fn reap(
+    db: impl PgExecutor<'_>,
+    last_attempt_grace_secs: f64,
+    run_before: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Reaped>> {
     Ok(sqlx::query_as(
         "with lost as (
              select t.id from tasks t
              left join workers w on w.id = t.worker_id
              where t.status = 'running'
-               and (t.lease_until < now()
-                    or w.stopped_at is not null
-                    or w.last_seen < now() - make_interval(secs => $1))
+               and (t.lease_until < now() or w.stopped_at is not null)
+               and (t.attempts < t.max_attempts or t.cancel_requested or w.stopped_at is not null
+                    or t.started_at + make_interval(secs => t.timeout_secs + $1) < now())
+               and clock_timestamp() < $2
              for update of t skip locked
          ),
          updated as (
@@ -288,7 +306,8 @@ pub async fn reap(db: impl PgExecutor<'_>, stale_worker_secs: f64) -> Result<Vec
          )
          select id as task_id, agent, status, attempts from updated",
     )
-    .bind(stale_worker_secs)
+    .bind(last_attempt_grace_secs)
+    .bind(run_before)
     .fetch_all(db)
     .await?)
 }

@@ -210,47 +210,34 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancel a task: at once when queued, by request when running.
+/// Cancel a task: at once when queued, by request when running. One statement decides under
+/// the row lock, so a task that is claimed, retried or finished meanwhile is never missed: it is
+/// cancelled if it was queued, flagged if it was running, and left alone if it had finished.
 pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> Result<CancelOutcome> {
-    // A task can move between queued and running while we look (claim, retry); a few rounds
-    // always settle it because each round either changes the row or observes a final state.
-    for _ in 0..3 {
-        let cancelled: Option<Task> = sqlx::query_as(concat!(
-            "update tasks set status = 'cancelled', finished_at = now(), updated_at = now(),
-                    lease_until = null, last_error = 'cancelled by request'
-             where id = $1 and status = 'queued' returning ",
-            task_columns!()
-        ))
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-        if let Some(task) = cancelled {
-            return Ok(CancelOutcome::Cancelled(task));
-        }
-        // If a worker claimed it meanwhile, the row lock ordered us after the claim and the
-        // running task gets the request instead.
-        let requested: Option<Task> = sqlx::query_as(concat!(
-            "update tasks set cancel_requested = true, updated_at = now()
-             where id = $1 and status = 'running' returning ",
-            task_columns!()
-        ))
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-        if let Some(task) = requested {
-            return Ok(CancelOutcome::Requested(task));
-        }
-        match get(db, id).await? {
-            Some(task) if task.status.is_terminal() => {
-                return Ok(CancelOutcome::AlreadyFinished(task));
-            }
-            Some(_) => continue,
-            None => return Ok(CancelOutcome::NotFound),
-        }
-    }
-    Err(crate::Error::Database(sqlx::Error::Protocol(
-        "task kept changing state during cancel".into(),
-    )))
+    let changed: Option<Task> = sqlx::query_as(concat!(
+        "update tasks set
+                status = case when status = 'queued' then 'cancelled' else status end,
+                finished_at = case when status = 'queued' then now() else finished_at end,
+                lease_until = case when status = 'queued' then null else lease_until end,
+                last_error = case when status = 'queued' then 'cancelled by request'
+                                  else last_error end,
+                cancel_requested = cancel_requested or status = 'running',
+                updated_at = now()
+         where id = $1 and status in ('queued', 'running') returning ",
+        task_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    // Terminal statuses never change again, so a task the update did not match is finished.
+    Ok(match changed {
+        Some(task) if task.status == TaskStatus::Cancelled => CancelOutcome::Cancelled(task),
+        Some(task) => CancelOutcome::Requested(task),
+        None => match get(db, id).await? {
+            Some(task) => CancelOutcome::AlreadyFinished(task),
+            None => CancelOutcome::NotFound,
+        },
+    })
 }
 
 /// Attempt records newest first, one page.
