@@ -22,12 +22,13 @@ use crate::{Error, Result};
 /// Settings of the egress policy (flattened into the API's and the workers' settings).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct EgressConfig {
-    /// Addresses workers may contact although the default policy refuses them: comma-separated
-    /// CIDRs, IP addresses and host names (a name also matches its subdomains).
+    /// Outbound addresses (agent endpoints, the Omni Gateway) allowed although the default policy
+    /// refuses them: comma-separated CIDRs, IP addresses and host names (a name also matches its
+    /// subdomains).
     #[arg(long, env = "BGAGENT_EGRESS_ALLOW", default_value = "", hide_default_value = true,
           value_parser = parse_allow)]
     pub egress_allow: Rules,
-    /// Addresses workers must never contact, as for the allow list; deny wins over allow.
+    /// Outbound addresses never contacted, written as for the allow list; deny wins over allow.
     #[arg(long, env = "BGAGENT_EGRESS_DENY", default_value = "", hide_default_value = true,
           value_parser = parse_deny)]
     pub egress_deny: Rules,
