@@ -37,10 +37,7 @@ pub struct EgressConfig {
 impl EgressConfig {
     /// The policy these settings describe.
     pub fn policy(&self) -> EgressPolicy {
-        EgressPolicy {
-            allow: self.egress_allow.clone(),
-            deny: self.egress_deny.clone(),
-        }
+        EgressPolicy::new(self.egress_allow.clone(), self.egress_deny.clone())
     }
 }
 
@@ -92,11 +89,6 @@ impl Rules {
             }
         }
         Ok(rules)
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty() && self.names.is_empty()
     }
 
     fn matches_ip(&self, ip: IpAddr) -> bool {
@@ -185,12 +177,11 @@ impl EgressPolicy {
     /// Check an address about to be connected to; `name` is the host name it was resolved from,
     /// if any, so a name on the allow or deny list applies to its addresses.
     pub fn check_addr(&self, name: Option<&str>, ip: IpAddr) -> Result<(), Refused> {
-        let embedded = embedded_v4(ip).map(IpAddr::V4);
-        let candidates = [Some(ip), embedded];
-        let candidates = candidates.iter().flatten().copied();
         if let Some(name) = name {
             self.check_name(name)?;
         }
+        let both = [Some(ip), embedded_v4(ip).map(IpAddr::V4)];
+        let mut candidates = both.iter().flatten().copied();
         if let Some(hit) = candidates.clone().find(|ip| self.deny.matches_ip(*ip)) {
             return Err(Refused(format!(
                 "address {hit} is denied by BGAGENT_EGRESS_DENY"
@@ -201,10 +192,7 @@ impl EgressPolicy {
         {
             return Ok(());
         }
-        match candidates
-            .into_iter()
-            .find_map(|ip| default_refusal(ip).map(|why| (ip, why)))
-        {
+        match candidates.find_map(|ip| default_refusal(ip).map(|why| (ip, why))) {
             Some((hit, why)) => Err(Refused(format!(
                 "address {hit} is {why} (allow it with BGAGENT_EGRESS_ALLOW)"
             ))),
