@@ -1,6 +1,7 @@
 //! Settings of the API process.
 
 use bgagent_shared::config::{BrokerConfig, DatabaseConfig, secret_from};
+use bgagent_shared::egress::EgressConfig;
 use clap::ArgAction;
 use secrecy::SecretString;
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ pub struct ApiConfig {
     /// RabbitMQ settings.
     #[command(flatten)]
     pub broker: BrokerConfig,
+    /// Egress policy: which agent endpoints may be registered.
+    #[command(flatten)]
+    pub egress: EgressConfig,
     /// Address to listen on.
     #[arg(long, env = "BGAGENT_BIND", default_value = "0.0.0.0:8080")]
     pub bind: SocketAddr,

@@ -106,6 +106,7 @@ impl Api {
                 metrics,
                 api_key,
                 max_body_bytes: config.max_body_bytes,
+                egress: config.egress.policy(),
             }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),

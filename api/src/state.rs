@@ -28,6 +28,8 @@ pub struct AppContext {
     pub api_key: SecretString,
     /// Request body limit, for error messages.
     pub max_body_bytes: usize,
+    /// Which agent endpoints may be registered.
+    pub egress: bgagent_shared::egress::EgressPolicy,
 }
 
 impl AppState {

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod gather;
 pub mod shutdown;

@@ -52,6 +52,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let worker_config = WorkerConfig {
             database: config.database.clone(),
             broker: config.broker.clone(),
+            egress: config.egress.clone(),
             options,
         };
         workers.push(

@@ -166,6 +166,7 @@ impl TestEnv {
         ApiConfig {
             database: self.database_config(),
             broker: self.broker_config(),
+            egress: Default::default(),
             bind: "127.0.0.1:0".parse().unwrap(),
             api_key: Some(TEST_KEY.into()),
             api_key_file: None,
@@ -195,22 +196,34 @@ impl TestEnv {
     }
 
     pub async fn spawn_worker(&self, options: WorkerOptions) -> TestWorker {
+        self.spawn_worker_with_egress(options, Default::default())
+            .await
+            .expect("build a worker")
+    }
+
+    /// A worker under egress policy `egress`; the build error when the settings are refused.
+    pub async fn spawn_worker_with_egress(
+        &self,
+        options: WorkerOptions,
+        egress: bgagent_shared::egress::EgressConfig,
+    ) -> Result<TestWorker, bgagent_shared::Error> {
         let config = WorkerConfig {
             database: self.database_config(),
             broker: self.broker_config(),
+            egress,
             options,
         };
-        let worker = Worker::build(&config).await.expect("build a worker");
+        let worker = Worker::build(&config).await?;
         let id = worker.id().to_owned();
         let metrics_addr = worker.metrics_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
-        TestWorker {
+        Ok(TestWorker {
             id,
             metrics_addr,
             shutdown,
             handle: Some(handle),
-        }
+        })
     }
 
     /// Environment for a worker or API process of this test.

@@ -8,6 +8,7 @@ mod api;
 mod bench;
 mod cli;
 mod common;
+mod egress;
 mod fake_agent;
 mod hostile;
 mod mcp;

@@ -1,6 +1,7 @@
 //! Settings of a worker process.
 
 use bgagent_shared::config::{BrokerConfig, DatabaseConfig, secret_from};
+use bgagent_shared::egress::EgressConfig;
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,10 @@ pub struct WorkerConfig {
     /// RabbitMQ settings.
     #[command(flatten)]
     pub broker: BrokerConfig,
+    /// Egress policy: where agents and the gateway may be reached (`bgagent dev` shares the
+    /// API's, so it is not among the [`WorkerOptions`]).
+    #[command(flatten)]
+    pub egress: EgressConfig,
     /// Worker behaviour.
     #[command(flatten)]
     pub options: WorkerOptions,

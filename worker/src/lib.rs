@@ -80,11 +80,16 @@ impl Worker {
         let id = options.worker_id.clone().unwrap_or_else(default_worker_id);
         let db = db::pool(&config.database, &format!("bgagent-worker@{id}"))?;
         let publisher = Publisher::new(&config.broker, &format!("bgagent-worker@{id}/publish"))?;
+        let egress = config.egress.policy();
         let gateway = match &options.omni_gateway_url {
-            Some(url) => Some(executor::http::Gateway::new(url, options.gateway_key()?)?),
+            Some(url) => Some(executor::http::Gateway::new(
+                url,
+                options.gateway_key()?,
+                &egress,
+            )?),
             None => None,
         };
-        let http = HttpExecutor::new(gateway, options.result_max_bytes)?;
+        let http = HttpExecutor::new(gateway, options.result_max_bytes, egress)?;
         let metrics = Arc::new(
             metrics::WorkerMetrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?,
         );

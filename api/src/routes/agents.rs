@@ -5,6 +5,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bgagent_shared::db;
 use bgagent_shared::domain::{Agent, parse_agent_name, parse_endpoint, parse_meta};
+use bgagent_shared::egress;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -26,7 +27,7 @@ pub fn router() -> Router<AppState> {
 pub struct RegisterRequest {
     /// Agent name (`^[a-z0-9][a-z0-9._-]{0,63}$`).
     pub name: String,
-    /// http(s) URL without credentials; workers POST tasks here.
+    /// http(s) URL without credentials that the egress policy allows; workers POST tasks here.
     pub endpoint: String,
     /// Free-form JSON object (at most 256 KiB).
     #[serde(default)]
@@ -69,6 +70,7 @@ pub async fn register(
 ) -> ApiResult<Json<Agent>> {
     let name = parse_agent_name("name", &req.name)?;
     let endpoint = parse_endpoint(&req.endpoint)?;
+    egress::check_endpoint(&state.egress, "endpoint", &endpoint)?;
     let meta = parse_meta(req.meta)?;
     let agent = db::agents::upsert(&state.db, &name, endpoint.as_str(), &meta).await?;
     tracing::info!(agent = %name, "agent registered");

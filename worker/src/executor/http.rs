@@ -2,12 +2,14 @@
 
 use bgagent_shared::db;
 use bgagent_shared::domain::Task;
+use bgagent_shared::egress::{EgressPolicy, Refused};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,9 +64,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Validate the gateway URL: http(s), a host, no credentials.
-    pub fn new(url: &str, api_key: Option<SecretString>) -> bgagent_shared::Result<Self> {
+    /// Validate the gateway URL: http(s), a host, no credentials, allowed by the egress policy.
+    pub fn new(
+        url: &str,
+        api_key: Option<SecretString>,
+        egress: &EgressPolicy,
+    ) -> bgagent_shared::Result<Self> {
         let parsed = bgagent_shared::domain::parse_endpoint(url)
+            .map_err(|e| bgagent_shared::Error::Config(format!("OMNI_GATEWAY_URL: {e}")))?;
+        egress
+            .check_url(&parsed)
             .map_err(|e| bgagent_shared::Error::Config(format!("OMNI_GATEWAY_URL: {e}")))?;
         Ok(Self {
             url: parsed,
@@ -80,21 +89,64 @@ impl Gateway {
     }
 }
 
+/// Resolves host names with the system resolver and drops the addresses the egress policy
+/// refuses, so the policy holds for the address actually connected to: a name registered while it
+/// pointed somewhere harmless cannot be re-pointed at a metadata service (DNS rebinding).
+struct EgressResolver {
+    policy: Arc<EgressPolicy>,
+}
+
+impl reqwest::dns::Resolve for EgressResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = Arc::clone(&self.policy);
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            policy.check_name(&host)?;
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| match policy.check_addr(Some(&host), addr.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            let result: Result<reqwest::dns::Addrs, Box<dyn std::error::Error + Send + Sync>> =
+                match refused {
+                    Some(refused) if allowed.is_empty() => Err(refused.into()),
+                    _ => Ok(Box::new(allowed.into_iter())),
+                };
+            result
+        })
+    }
+}
+
 /// HTTP client shared by every forwarded task.
 #[derive(Clone)]
 pub struct HttpExecutor {
     client: reqwest::Client,
     gateway: Option<Gateway>,
     result_max_bytes: usize,
+    egress: Arc<EgressPolicy>,
 }
 
 impl HttpExecutor {
     /// A client that follows no redirects (an agent cannot bounce a task, with its data, to
-    /// another host) and caps results at `result_max_bytes`.
-    pub fn new(gateway: Option<Gateway>, result_max_bytes: usize) -> bgagent_shared::Result<Self> {
+    /// another host), connects only where `egress` allows and caps results at `result_max_bytes`.
+    pub fn new(
+        gateway: Option<Gateway>,
+        result_max_bytes: usize,
+        egress: EgressPolicy,
+    ) -> bgagent_shared::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let egress = Arc::new(egress);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(EgressResolver {
+                policy: Arc::clone(&egress),
+            }))
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(64)
             .user_agent(concat!("bgagent-worker/", env!("CARGO_PKG_VERSION")))
@@ -104,6 +156,7 @@ impl HttpExecutor {
             client,
             gateway,
             result_max_bytes,
+            egress,
         })
     }
 
@@ -121,6 +174,11 @@ impl HttpExecutor {
             "meta": task.meta,
             "attempt": attempt,
         });
+        // The resolver sees only names: an IP literal is checked here. Endpoints stored before
+        // the policy existed (or under a looser one) are caught the same way.
+        if let Ok(url) = url::Url::parse(endpoint) {
+            self.egress.check_url(&url).map_err(egress_refused)?;
+        }
         let request = self
             .client
             .post(endpoint)
@@ -144,6 +202,9 @@ impl HttpExecutor {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> ExecResult {
         let mut response = request.send().await.map_err(|e| {
+            if let Some(refused) = find_refusal(&e) {
+                return egress_refused(refused.clone());
+            }
             // No URL in the message: it may carry query secrets; the error kind is enough.
             let what = if e.is_timeout() {
                 "timed out"
@@ -172,6 +233,23 @@ impl HttpExecutor {
             Err(TaskError::terminal("http_rejected", message))
         }
     }
+}
+
+/// A refused address is terminal: retrying reaches the same address under the same policy.
+fn egress_refused(refused: Refused) -> TaskError {
+    TaskError::terminal("egress_refused", refused.to_string())
+}
+
+/// The egress refusal behind a request error, if the resolver refused every address.
+fn find_refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(refused) = err.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        current = err.source();
+    }
+    None
 }
 
 fn is_retryable(status: StatusCode) -> bool {
