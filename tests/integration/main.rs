@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod common;
 mod fake_agent;
+mod hardening;
 mod mcp;
 mod messages;
 mod metrics;
