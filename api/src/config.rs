@@ -48,8 +48,13 @@ pub struct ApiConfig {
     /// Seconds in-flight requests get to finish on shutdown; connections still open then are
     /// dropped. Keep the platform's grace period (Kubernetes `terminationGracePeriodSeconds`)
     /// longer.
-    #[arg(id = "api_shutdown_grace_secs", long = "api-shutdown-grace-secs",
-          value_name = "SECS", env = "BGAGENT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    #[arg(
+        id = "api_shutdown_grace_secs",
+        long = "api-shutdown-grace-secs",
+        value_name = "SECS",
+        env = "BGAGENT_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
     pub shutdown_grace_secs: u64,
     /// Apply database migrations at start (turn off when a migration job runs them).
     #[arg(long, env = "BGAGENT_MIGRATE", default_value_t = true, action = ArgAction::Set)]

@@ -43,12 +43,8 @@ use bgagent_shared::domain::{EnqueueRequest, NewTask};
 /// error shape or is a JSON-RPC error.
 pub fn service(
     state: AppState,
-) -> impl tower::Service<
-    Request,
-    Response = Response,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
+) -> impl tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
 + Send
 + Sync
 + 'static {

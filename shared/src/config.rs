@@ -148,7 +148,9 @@ mod tests {
     fn an_empty_secret_file_is_refused() {
         let path = std::env::temp_dir().join(format!("bgagent-empty-{}", std::process::id()));
         std::fs::write(&path, " \n").unwrap();
-        let err = secret_from(None, Some(&path), "SOME_KEY").unwrap_err().to_string();
+        let err = secret_from(None, Some(&path), "SOME_KEY")
+            .unwrap_err()
+            .to_string();
         let _ = std::fs::remove_file(&path);
         assert!(err.contains("SOME_KEY_FILE"), "{err}");
     }

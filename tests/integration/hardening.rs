@@ -2,6 +2,8 @@
 //! clients, the connection limit, shutdown within its grace, the MCP transport's errors, bounded
 //! request ids, security headers, content types, and the AMQP login at `RUST_LOG=trace`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use crate::common::{ChildGuard, TEST_KEY, TestEnv, assert_error};
 use bgagent_api::{Api, ApiConfig};
 use reqwest::StatusCode;
@@ -188,7 +190,10 @@ async fn headers_sent_a_byte_at_a_time_are_cut_off() {
             "a client trickling its headers was not cut off"
         );
     }
-    assert!(cut_off, "the trickled request was complete before the cut-off");
+    assert!(
+        cut_off,
+        "the trickled request was complete before the cut-off"
+    );
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
@@ -337,7 +342,10 @@ async fn request_ids_are_echoed_only_when_short_and_printable() {
     let env = TestEnv::new().await;
     let api = env.spawn_api().await;
     let id_of = |given: &str| {
-        let req = api.http.get(api.url("/health")).header("x-request-id", given);
+        let req = api
+            .http
+            .get(api.url("/health"))
+            .header("x-request-id", given);
         async move {
             let res = req.send().await.unwrap();
             res.headers()["x-request-id"].to_str().unwrap().to_owned()
@@ -451,7 +459,10 @@ async fn the_amqp_login_is_not_logged_even_at_trace() {
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).split(b'\n') {
                 let Ok(line) = line else { return };
-                if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -478,8 +489,14 @@ async fn the_amqp_login_is_not_logged_even_at_trace() {
     }
     child.terminate();
     log.extend(lines.iter().map(|line| line + "\n"));
-    assert!(log.contains("RabbitMQ unreachable"), "no login attempt: {log}");
-    assert!(log.contains("\"level\":\"TRACE\""), "trace logging was not on");
+    assert!(
+        log.contains("RabbitMQ unreachable"),
+        "no login attempt: {log}"
+    );
+    assert!(
+        log.contains("\"level\":\"TRACE\""),
+        "trace logging was not on"
+    );
     // As text, or as the byte list the AMQP client's frame dump prints (`[0, 103, 117, ...]`).
     let as_bytes = password
         .bytes()
