@@ -84,9 +84,11 @@ impl ApiConfig {
             "BACKGROUND_AGENT_API_KEY",
         )?
         .ok_or_else(|| {
-            bgagent_shared::Error::Config(
-                "BACKGROUND_AGENT_API_KEY (or BACKGROUND_AGENT_API_KEY_FILE) is required".into(),
-            )
+            bgagent_shared::Error::Config(if self.api_key.is_some() {
+                "BACKGROUND_AGENT_API_KEY is set but empty".into()
+            } else {
+                "BACKGROUND_AGENT_API_KEY (or BACKGROUND_AGENT_API_KEY_FILE) is required".into()
+            })
         })?;
         let chars = key.expose_secret().chars().count();
         if chars < MIN_API_KEY_CHARS {

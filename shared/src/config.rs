@@ -95,9 +95,9 @@ fn parse_prefix(value: &str) -> std::result::Result<String, String> {
 }
 
 /// Read a secret from `value`, or from the file at `file` (Docker and Kubernetes secrets). Both
-/// are trimmed of surrounding whitespace (the newline editors add, a pasted space), and a secret
-/// that is set but empty is an error: an empty key must never pass for a configured one. `name`
-/// is the variable named in errors.
+/// are trimmed of surrounding whitespace (the newline editors add, a pasted space). A value that
+/// is set but empty counts as unset, so no caller ever takes `""` for a key; an empty file is an
+/// error. `name` is the variable named in errors.
 pub fn secret_from(
     value: Option<&SecretString>,
     file: Option<&PathBuf>,
@@ -105,10 +105,9 @@ pub fn secret_from(
 ) -> Result<Option<SecretString>> {
     if let Some(v) = value {
         let trimmed = v.expose_secret().trim();
-        if trimmed.is_empty() {
-            return Err(Error::Config(format!("{name} is set but empty")));
+        if !trimmed.is_empty() {
+            return Ok(Some(trimmed.into()));
         }
-        return Ok(Some(trimmed.into()));
     }
     let Some(path) = file else { return Ok(None) };
     let text = std::fs::read_to_string(path)
@@ -135,11 +134,10 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_trimmed_and_empty_ones_refused() {
+    fn secrets_are_trimmed_and_empty_ones_are_unset() {
         assert_eq!(read("  abc \n").unwrap().as_deref(), Some("abc"));
         for empty in ["", "   ", "\n\t"] {
-            let err = read(empty).unwrap_err().to_string();
-            assert!(err.contains("SOME_KEY is set but empty"), "{err}");
+            assert_eq!(read(empty).unwrap(), None, "{empty:?}");
         }
         assert!(secret_from(None, None, "SOME_KEY").unwrap().is_none());
     }
