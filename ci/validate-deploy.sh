@@ -444,7 +444,8 @@ def policy_errors(docs, secret_keys):
                     got = c.get(probe, {}).get("httpGet", {}).get("path")
                     if got != path:
                         errors.append(f"{cw}: {probe} must GET {path} (has {got})")
-        if d["kind"] == "Deployment" and d["metadata"]["name"] == "bgagent-worker":
+        # Both drain for BGAGENT_SHUTDOWN_GRACE_SECS on SIGTERM (the API drops what is left then).
+        if d["kind"] == "Deployment" and d["metadata"]["name"] in ("bgagent-worker", "bgagent-api"):
             tgps = ps.get("terminationGracePeriodSeconds", 30)
             if tgps <= grace:
                 errors.append(f"{where}: terminationGracePeriodSeconds {tgps} must exceed "

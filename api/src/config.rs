@@ -3,7 +3,7 @@
 use bgagent_shared::config::{BrokerConfig, DatabaseConfig, secret_from};
 use bgagent_shared::egress::EgressConfig;
 use clap::ArgAction;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -34,6 +34,32 @@ pub struct ApiConfig {
     /// Seconds a request may take before it is answered 408.
     #[arg(long, env = "BGAGENT_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers, counted from the connection's opening or
+    /// the end of its previous response; a keep-alive connection waiting longer is closed.
+    #[arg(long, env = "BGAGENT_HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may sit with no byte moving either way while no request is being
+    /// handled (a stalled upload, a client that stops reading its answer) before it is closed.
+    #[arg(long, env = "BGAGENT_IDLE_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// Open client connections served at once; further connections wait in the listen backlog
+    /// until one closes.
+    #[arg(long, env = "BGAGENT_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds in-flight requests get to finish on shutdown; connections still open then are
+    /// dropped. Keep the platform's grace period (Kubernetes `terminationGracePeriodSeconds`)
+    /// longer.
+    #[arg(
+        id = "api_shutdown_grace_secs",
+        long = "api-shutdown-grace-secs",
+        value_name = "SECS",
+        env = "BGAGENT_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub shutdown_grace_secs: u64,
     /// Apply database migrations at start (turn off when a migration job runs them).
     #[arg(long, env = "BGAGENT_MIGRATE", default_value_t = true, action = ArgAction::Set)]
     pub migrate: bool,
@@ -49,19 +75,72 @@ pub struct ApiConfig {
     pub tasks_per_message: u16,
 }
 
+/// Shortest API key accepted, in characters (after trimming surrounding whitespace).
+pub const MIN_API_KEY_CHARS: usize = 16;
+
 impl ApiConfig {
     /// The API key from `BACKGROUND_AGENT_API_KEY` or `BACKGROUND_AGENT_API_KEY_FILE`; the API
-    /// refuses to start without one.
+    /// refuses to start without one, or with one shorter than [`MIN_API_KEY_CHARS`].
     pub fn resolved_api_key(&self) -> bgagent_shared::Result<SecretString> {
-        secret_from(
+        let key = secret_from(
             self.api_key.as_ref(),
             self.api_key_file.as_ref(),
             "BACKGROUND_AGENT_API_KEY",
         )?
         .ok_or_else(|| {
-            bgagent_shared::Error::Config(
-                "BACKGROUND_AGENT_API_KEY (or BACKGROUND_AGENT_API_KEY_FILE) is required".into(),
-            )
-        })
+            bgagent_shared::Error::Config(if self.api_key.is_some() {
+                "BACKGROUND_AGENT_API_KEY is set but empty".into()
+            } else {
+                "BACKGROUND_AGENT_API_KEY (or BACKGROUND_AGENT_API_KEY_FILE) is required".into()
+            })
+        })?;
+        let chars = key.expose_secret().chars().count();
+        if chars < MIN_API_KEY_CHARS {
+            return Err(bgagent_shared::Error::Config(format!(
+                "BACKGROUND_AGENT_API_KEY (or BACKGROUND_AGENT_API_KEY_FILE) is too short: \
+                 {chars} characters, at least {MIN_API_KEY_CHARS} required \
+                 (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        api: ApiConfig,
+    }
+
+    fn key_error(key: &str) -> Option<String> {
+        let mut config = Cli::parse_from(["api"]).api;
+        config.api_key = Some(key.into());
+        config.api_key_file = None;
+        config.resolved_api_key().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn short_and_empty_keys_are_refused_naming_the_setting() {
+        for bad in ["", "   ", "0123456789abcde", "  0123456789abcde \n"] {
+            let err = key_error(bad).unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(err.contains("BACKGROUND_AGENT_API_KEY"), "{err}");
+        }
+        assert_eq!(key_error("0123456789abcdef"), None);
+        assert_eq!(key_error(" 0123456789abcdef\n"), None);
+    }
+
+    #[test]
+    fn server_limits_have_safe_defaults() {
+        let config = Cli::parse_from(["api"]).api;
+        assert_eq!(config.header_read_timeout_secs, 10);
+        assert_eq!(config.idle_timeout_secs, 60);
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.shutdown_grace_secs, 30);
     }
 }

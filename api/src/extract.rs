@@ -2,8 +2,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
@@ -17,8 +18,9 @@ use crate::state::AppState;
 /// Header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// JSON body extractor: syntax errors (and bad UTF-8, empty bodies) are 400, wrong types, missing
-/// and unknown fields are 422 naming the field, oversized bodies are 413.
+/// JSON body extractor: a `Content-Type` other than JSON is 415 (a missing one is taken as JSON),
+/// syntax errors (and bad UTF-8, empty bodies) are 400, wrong types, missing and unknown fields are
+/// 422 naming the field, oversized bodies are 413.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -26,6 +28,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        require_json_content_type(req.headers(), false)?;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(state.max_body_bytes)
@@ -37,6 +40,51 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             }
         })?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Refuse a body declared as anything but JSON: `application/json` (any parameters, such as
+/// `charset`) or an `application/*+json` type. A missing `Content-Type` passes unless `required`.
+pub fn require_json_content_type(headers: &HeaderMap, required: bool) -> Result<(), ApiError> {
+    let refuse = |what: &str| {
+        ApiError::UnsupportedMediaType(format!(
+            "{what}; send the body as Content-Type: application/json"
+        ))
+    };
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let Some(value) = values.next() else {
+        return if required {
+            Err(refuse("Content-Type is missing"))
+        } else {
+            Ok(())
+        };
+    };
+    if values.next().is_some() {
+        return Err(refuse("more than one Content-Type"));
+    }
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .and_then(|subtype| subtype.strip_suffix("+json"))
+            .is_some_and(|name| {
+                !name.is_empty() && !name.contains(|c: char| c == '/' || c.is_whitespace())
+            });
+    if json {
+        Ok(())
+    } else {
+        // Bounded and printable: the header is the client's, the message goes back to it.
+        let shown: String = essence
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect();
+        Err(refuse(&format!("Content-Type {shown:?} is not JSON")))
     }
 }
 
@@ -155,6 +203,47 @@ mod tests {
             ("422".into(), Some("agent".into()))
         );
         assert_eq!(field_of("[]"), ("422".into(), Some("body".into())));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn only_json_content_types_are_accepted() {
+        let check = |value: Option<&str>, required: bool| {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert(CONTENT_TYPE, v.parse().unwrap());
+            }
+            require_json_content_type(&headers, required).is_ok()
+        };
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=UTF-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(check(Some(ok), false), "{ok} refused");
+        }
+        for refused in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "application/+json",
+            "text/json",
+            "",
+        ] {
+            assert!(!check(Some(refused), false), "{refused} accepted");
+        }
+        assert!(check(None, false));
+        assert!(!check(None, true));
+        let mut two = HeaderMap::new();
+        two.append(CONTENT_TYPE, "application/json".parse().unwrap());
+        two.append(CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(matches!(
+            require_json_content_type(&two, false),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
     }
 
     #[test]

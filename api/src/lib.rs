@@ -10,11 +10,12 @@ pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod state;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use bgagent_shared::broker::Publisher;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -62,6 +64,7 @@ pub struct Api {
     state: AppState,
     enqueue_loops: JoinSet<()>,
     request_timeout: Duration,
+    limits: server::ServerLimits,
 }
 
 impl Api {
@@ -110,6 +113,12 @@ impl Api {
             }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+            limits: server::ServerLimits {
+                header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+                max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+                shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            },
         })
     }
 
@@ -120,14 +129,12 @@ impl Api {
             .map_err(|e| Error::Io(e.to_string()))
     }
 
-    /// Serve until `shutdown` fires, then finish in-flight requests and drain the enqueue loops.
+    /// Serve until `shutdown` fires, then finish in-flight requests (within the shutdown grace)
+    /// and drain the enqueue loops.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
         let app = router(self.state, self.request_timeout);
         tracing::info!(addr = %self.listener.local_addr().map_err(|e| Error::Io(e.to_string()))?, "API listening");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| Error::Io(format!("server: {e}")))?;
+        server::serve(self.listener, app, self.limits, shutdown).await?;
         // The router (and with it every enqueue handle) is gone: the loops finish what they hold.
         let mut loops = self.enqueue_loops;
         while loops.join_next().await.is_some() {}
@@ -175,7 +182,42 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             tracing::info_span!("http", method = %req.method(), path = req.uri().path(), route, request_id)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Outside the request-id layers: a client id they would echo must be bounded first.
+        .layer(from_fn(bound_request_id))
+        // Answers are JSON or text for programs: never sniffed as something else, never cached
+        // (they carry task data behind the key).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .with_state(state)
+}
+
+/// Longest client `x-request-id` kept; longer ones are replaced by a generated id.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Keep a client's `x-request-id` only if it is 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII
+/// characters; otherwise drop it so a generated one takes its place. The id is echoed in the
+/// answer and written to every log line of the request, so its size and bytes must be bounded.
+async fn bound_request_id(
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let valid = |v: &HeaderValue| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+    };
+    let ids = req.headers().get_all("x-request-id");
+    if ids.iter().count() > 1 || ids.iter().any(|v| !valid(v)) {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

@@ -4,9 +4,20 @@
 //! functions, so a tool result is exactly the JSON the matching endpoint returns. Invalid
 //! arguments are JSON-RPC errors (`-32602`) whose `data.field` names the offending field; a tool
 //! that runs and fails (unknown id, task already finished, database down) answers a tool error
-//! (`isError: true`) carrying the REST error body `{"error":{"code","message"}}`.
+//! (`isError: true`) carrying the REST error body `{"error":{"code","message"}}`. Transport
+//! errors the MCP library answers in plain text (405, 406, 413, a body that is not a JSON-RPC
+//! message) are rewritten into that body too; a `Content-Type` other than `application/json` is 415.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower::Layer;
 
 use rmcp::handler::server::common::schema_for_input;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -19,8 +30,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
-use crate::extract::{parse_task_id, parse_value};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::extract::{parse_task_id, parse_value, require_json_content_type};
 use crate::routes::agents::AgentList;
 use crate::routes::tasks::{self, ListTasksQuery};
 use crate::state::AppState;
@@ -28,8 +39,19 @@ use bgagent_shared::db;
 use bgagent_shared::domain::{EnqueueRequest, NewTask};
 
 /// The `/mcp` service. Stateless (no MCP session is kept between requests), so any API replica
-/// can answer any request, as for the REST routes.
-pub fn service(state: AppState) -> StreamableHttpService<McpServer, NeverSessionManager> {
+/// can answer any request, as for the REST routes. Every error it answers has the API's JSON
+/// error shape or is a JSON-RPC error.
+pub fn service(
+    state: AppState,
+) -> impl tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
+    axum::middleware::from_fn(json_errors).layer(streamable_service(state))
+}
+
+fn streamable_service(state: AppState) -> StreamableHttpService<McpServer, NeverSessionManager> {
     let max_body_bytes = state.max_body_bytes;
     let server = McpServer::new(state);
     let config = StreamableHttpServerConfig::default()
@@ -47,6 +69,75 @@ pub fn service(state: AppState) -> StreamableHttpService<McpServer, NeverSession
         config,
     )
 }
+
+/// Largest plain-text error body of the MCP library that is carried into a JSON error.
+const MAX_PLAIN_ERROR_BYTES: usize = 16 * 1024;
+
+/// Refuse a non-JSON `Content-Type` with the API's 415, and turn the plain-text errors of the MCP
+/// library into the API's JSON error shape (its JSON-RPC errors pass unchanged).
+async fn json_errors(req: Request, next: Next) -> Response {
+    if req.method() == Method::POST
+        && let Err(err) = require_json_content_type(req.headers(), true)
+    {
+        return err.into_response();
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with(JSON_MIME));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let (status, code, message) = match status {
+        // The content type was checked above, so the library's 415 means the body is not a
+        // JSON-RPC message (malformed or too deeply nested JSON): a bad request, not a media type.
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::BAD_REQUEST => {
+            (StatusCode::BAD_REQUEST, "bad_request", text)
+        }
+        StatusCode::METHOD_NOT_ALLOWED => (
+            status,
+            "method_not_allowed",
+            "method not allowed on /mcp; use POST".to_owned(),
+        ),
+        StatusCode::NOT_ACCEPTABLE => (status, "not_acceptable", text),
+        StatusCode::PAYLOAD_TOO_LARGE => (status, "payload_too_large", text),
+        StatusCode::NOT_FOUND => (status, "not_found", text),
+        s if s.is_server_error() => {
+            tracing::error!(status = s.as_u16(), error = %text, "MCP transport failed");
+            (s, "internal", "internal error".to_owned())
+        }
+        s => (s, "bad_request", text),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        message
+    };
+    let body = serde_json::to_vec(&ErrorBody {
+        error: ErrorDetail {
+            code,
+            message,
+            field: None,
+        },
+    })
+    .unwrap_or_default();
+    parts.status = status;
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON_MIME));
+    Response::from_parts(parts, Body::from(body))
+}
+
+const JSON_MIME: &str = "application/json";
 
 /// Arguments of `enqueue_task` (the body of `POST /enqueue`).
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -94,15 +94,20 @@ fn parse_prefix(value: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Read a secret from `value`, or from the file at `file` (Docker and Kubernetes secrets), trimming
-/// the trailing newline editors add. `name` is the variable named in errors.
+/// Read a secret from `value`, or from the file at `file` (Docker and Kubernetes secrets). Both
+/// are trimmed of surrounding whitespace (the newline editors add, a pasted space). A value that
+/// is set but empty counts as unset, so no caller ever takes `""` for a key; an empty file is an
+/// error. `name` is the variable named in errors.
 pub fn secret_from(
     value: Option<&SecretString>,
     file: Option<&PathBuf>,
     name: &str,
 ) -> Result<Option<SecretString>> {
     if let Some(v) = value {
-        return Ok(Some(v.clone()));
+        let trimmed = v.expose_secret().trim();
+        if !trimmed.is_empty() {
+            return Ok(Some(trimmed.into()));
+        }
     }
     let Some(path) = file else { return Ok(None) };
     let text = std::fs::read_to_string(path)
@@ -115,4 +120,36 @@ pub fn secret_from(
         )));
     }
     Ok(Some(trimmed.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn read(value: &str) -> Result<Option<String>> {
+        let secret = SecretString::from(value);
+        secret_from(Some(&secret), None, "SOME_KEY")
+            .map(|s| s.map(|s| s.expose_secret().to_owned()))
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_empty_ones_are_unset() {
+        assert_eq!(read("  abc \n").unwrap().as_deref(), Some("abc"));
+        for empty in ["", "   ", "\n\t"] {
+            assert_eq!(read(empty).unwrap(), None, "{empty:?}");
+        }
+        assert!(secret_from(None, None, "SOME_KEY").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_empty_secret_file_is_refused() {
+        let path = std::env::temp_dir().join(format!("bgagent-empty-{}", std::process::id()));
+        std::fs::write(&path, " \n").unwrap();
+        let err = secret_from(None, Some(&path), "SOME_KEY")
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("SOME_KEY_FILE"), "{err}");
+    }
 }

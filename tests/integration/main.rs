@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod egress;
 mod fake_agent;
+mod hardening;
 mod hostile;
 mod mcp;
 mod messages;
