@@ -143,7 +143,7 @@ impl Pipeline {
         for row in inserted.iter().filter(|i| i.created) {
             self.metrics
                 .tasks_enqueued
-                .with_label_values(&[row.task.agent.as_str()])
+                .with_label_values(&[self.metrics.agent_label(&row.task.agent)])
                 .inc();
         }
         for (reply, row) in replies.into_iter().zip(inserted) {

@@ -10,6 +10,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod gather;
+pub mod labels;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod common;
 mod fake_agent;
+mod labels;
 mod mcp;
 mod messages;
 mod metrics;

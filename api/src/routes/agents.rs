@@ -71,6 +71,7 @@ pub async fn register(
     let endpoint = parse_endpoint(&req.endpoint)?;
     let meta = parse_meta(req.meta)?;
     let agent = db::agents::upsert(&state.db, &name, endpoint.as_str(), &meta).await?;
+    state.metrics.agents.registered(&name);
     tracing::info!(agent = %name, "agent registered");
     Ok(Json(agent))
 }
@@ -88,6 +89,7 @@ pub async fn unregister(
     if !db::agents::delete(&state.db, &name).await? {
         return Err(ApiError::NotFound(format!("no agent {name:?}")));
     }
+    state.metrics.agents.unregistered(&name);
     tracing::info!(agent = %name, "agent unregistered");
     Ok(Json(Unregistered {
         name,
