@@ -198,7 +198,7 @@ impl Pipeline {
             if row.created {
                 self.metrics
                     .tasks_enqueued
-                    .with_label_values(&[row.task.agent.as_str()])
+                    .with_label_values(&[self.metrics.agent_label(&row.task.agent)])
                     .inc();
                 // Only undelayed tasks go out now. A delayed one is the relay's, which decides
                 // "due" on the database's clock: this host's clock may run ahead of it.

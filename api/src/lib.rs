@@ -84,8 +84,10 @@ impl Api {
                 "RabbitMQ unreachable at start; tasks stay unpublished until it returns"
             );
         }
-        let metrics =
-            Arc::new(metrics::Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?);
+        let metrics = Arc::new(
+            metrics::Metrics::new(bgagent_shared::labels::AgentLabels::new(db.clone()))
+                .map_err(|e| Error::Config(format!("metrics: {e}")))?,
+        );
         let (enqueuer, enqueue_loops) = enqueue::Enqueuer::start(
             db.clone(),
             publisher.clone(),

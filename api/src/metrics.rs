@@ -1,10 +1,12 @@
 //! Prometheus metrics of the API process.
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bgagent_shared::db;
+use bgagent_shared::labels::AgentLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -17,6 +19,8 @@ use crate::state::AppState;
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The `agent` label of a name (bounded: registered and built-in agents by name).
+    pub agents: AgentLabels,
     /// Tasks accepted (new rows), by agent.
     pub tasks_enqueued: IntCounterVec,
     /// Enqueued tasks whose publish was not confirmed (left for the relay).
@@ -29,8 +33,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Create and register every metric.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Create and register every metric; `agents` picks the `agent` label values.
+    pub fn new(agents: AgentLabels) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let tasks_enqueued = IntCounterVec::new(
             Opts::new("bgagent_tasks_enqueued_total", "Tasks accepted by the API"),
@@ -81,6 +85,7 @@ impl Metrics {
         registry.register(Box::new(http_duration.clone()))?;
         Ok(Self {
             registry,
+            agents,
             tasks_enqueued,
             publish_failures,
             http_requests,
@@ -89,6 +94,11 @@ impl Metrics {
             fleet_paused,
             workers_live,
         })
+    }
+
+    /// The `agent` label value of `agent` (see [`AgentLabels::label`]).
+    pub fn agent_label<'a>(&self, agent: &'a str) -> &'a str {
+        self.agents.label(agent)
     }
 
     /// The text exposition of every metric.
@@ -105,7 +115,7 @@ impl Metrics {
 /// explode label cardinality with task ids).
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -113,7 +123,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .to_owned();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    let labels = [method.as_str(), route.as_str(), status.as_str()];
+    let labels = [method, route.as_str(), status.as_str()];
     state.metrics.http_requests.with_label_values(&labels).inc();
     state
         .metrics
@@ -121,6 +131,23 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: clients may send any token as a method, so only the standard ones are
+/// reported by name.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.

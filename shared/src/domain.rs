@@ -335,25 +335,81 @@ pub fn parse_endpoint(endpoint: &str) -> Result<url::Url> {
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
     /// Agent to route to (`^[a-z0-9][a-z0-9._-]{0,63}$`).
+    #[schema(
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub agent: String,
-    /// What to do, 1 to 65,536 bytes.
+    /// What to do: 1 to 65,536 bytes of UTF-8 without NUL (U+0000). `maxLength` counts
+    /// characters, so a text of multi-byte characters reaches the byte limit sooner.
+    #[schema(pattern = r"^[^\u0000]+$", min_length = 1, max_length = 65536)]
     pub command: String,
-    /// JSON object of at most 256 KiB.
+    /// JSON object of at most 256 KiB serialized (null or absent: `{}`). Its strings must not
+    /// contain NUL (U+0000) and its numbers must read back exactly (no integer beyond 64 bits,
+    /// no float beyond the range of a double).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub meta: Option<Value>,
-    /// Same key again returns the existing task instead of creating one.
+    /// Same key again returns the existing task instead of creating one: 1 to 255 bytes
+    /// without NUL. Must equal the `Idempotency-Key` header when both are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[^\u0000]+$", min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
     /// Attempts before the task fails (1-100, default 5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integral",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i32>,
     /// Per-attempt timeout in seconds (1-86400, default 300).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integral",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<i32>,
-    /// Run no earlier than this many seconds from now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Run no earlier than this many seconds from now (0 to 31,622,400: one leap year).
+    #[serde(
+        default,
+        deserialize_with = "integral",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 0, maximum = 31622400)]
     pub delay_secs: Option<i64>,
+}
+
+/// An optional integer field that also takes a JSON number with a zero fraction (`5.0`): JSON
+/// Schema's `integer` (what `/openapi.json` promises) includes those. Fractions and values
+/// outside `T` are refused, as plain serde would, naming the field.
+fn integral<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error as _;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    // Every integer a double holds exactly; beyond that a "whole" float is not a precise value.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let whole = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+            .map(|f| f as i64)
+    });
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid value {number}: expected an integer in range"
+            ))
+        })
 }
 
 /// A validated task ready to insert.
@@ -582,6 +638,31 @@ mod tests {
                 Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected {field} to be rejected, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn integer_fields_take_whole_numbers_written_with_a_fraction() {
+        let parse = |body: Value| serde_json::from_value::<EnqueueRequest>(body);
+        let req = parse(json!({"agent": "a", "command": "c", "max_attempts": 3.0,
+            "timeout_secs": 42539.0, "delay_secs": 0.0}));
+        let req = req.ok().unwrap_or_default();
+        assert_eq!(
+            (req.max_attempts, req.timeout_secs, req.delay_secs),
+            (Some(3), Some(42539), Some(0))
+        );
+        assert!(parse(json!({"agent": "a", "command": "c", "max_attempts": null})).is_ok());
+        for bad in [
+            json!(1.5),
+            json!(3e9),
+            json!("3"),
+            json!(1e300),
+            json!(u64::MAX),
+        ] {
+            assert!(
+                parse(json!({"agent": "a", "command": "c", "max_attempts": bad})).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod egress;
 pub mod error;
 pub mod gather;
+pub mod labels;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -12,6 +12,7 @@ mod egress;
 mod fake_agent;
 mod hardening;
 mod hostile;
+mod labels;
 mod mcp;
 mod messages;
 mod metrics;

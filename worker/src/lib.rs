@@ -19,6 +19,7 @@ mod session;
 mod state;
 
 use bgagent_shared::broker::{Publisher, Topology};
+use bgagent_shared::labels::AgentLabels;
 use bgagent_shared::{Error, db};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,8 +91,10 @@ impl Worker {
             None => None,
         };
         let http = HttpExecutor::new(gateway, options.result_max_bytes, egress)?;
+        let agent_labels = AgentLabels::new(db.clone());
         let metrics = Arc::new(
-            metrics::WorkerMetrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?,
+            metrics::WorkerMetrics::new(agent_labels.clone())
+                .map_err(|e| Error::Config(format!("metrics: {e}")))?,
         );
         let metrics_listener = match options.metrics_bind {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -112,7 +115,7 @@ impl Worker {
             id,
             amqp_url: config.broker.url()?.to_owned(),
             topology: Topology::new(&config.broker.broker_prefix, config.broker.delivery_limit),
-            executors: Executors::new(http, AgentRegistry::new(db.clone())),
+            executors: Executors::new(http, AgentRegistry::new(db.clone()), agent_labels),
             permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
             options,
             db,

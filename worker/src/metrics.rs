@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use bgagent_shared::labels::AgentLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub struct WorkerMetrics {
     registry: Registry,
+    /// The `agent` label of a name (bounded: registered and built-in agents by name).
+    pub agents: AgentLabels,
     /// Attempts finished, by agent and outcome.
     pub processed: IntCounterVec,
     /// Attempt run time, by agent.
@@ -48,8 +51,8 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl WorkerMetrics {
-    /// Create and register every metric.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Create and register every metric; `agents` picks the `agent` label values.
+    pub fn new(agents: AgentLabels) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let processed = IntCounterVec::new(
             Opts::new("bgagent_tasks_processed_total", "Task attempts finished"),
@@ -100,6 +103,7 @@ impl WorkerMetrics {
         registry.register(Box::new(gave_up.clone()))?;
         Ok(Self {
             registry,
+            agents,
             processed,
             run_seconds,
             queue_wait_seconds,
@@ -110,6 +114,11 @@ impl WorkerMetrics {
             recovered,
             gave_up,
         })
+    }
+
+    /// The `agent` label value of `agent` (see [`AgentLabels::label`]).
+    pub fn agent_label<'a>(&self, agent: &'a str) -> &'a str {
+        self.agents.label(agent)
     }
 
     /// Text exposition.

@@ -266,7 +266,7 @@ async fn execute(
     shared
         .metrics
         .queue_wait_seconds
-        .with_label_values(&[task.agent.as_str()])
+        .with_label_values(&[shared.metrics.agent_label(&task.agent)])
         .observe(wait.as_secs_f64());
     let clock = Instant::now();
     // A panicking executor must not leave its task `running` under a lease renewed forever:
@@ -292,7 +292,7 @@ async fn execute(
     shared
         .metrics
         .run_seconds
-        .with_label_values(&[task.agent.as_str()])
+        .with_label_values(&[shared.metrics.agent_label(&task.agent)])
         .observe(clock.elapsed().as_secs_f64());
     if let Outcome::Finished(Err(e)) = &outcome {
         shared
@@ -567,7 +567,7 @@ async fn after_record(shared: &Shared, recorded: Vec<db::runs::Recorded>) {
         shared
             .metrics
             .processed
-            .with_label_values(&[row.agent.as_str(), row.outcome.as_str()])
+            .with_label_values(&[shared.metrics.agent_label(&row.agent), row.outcome.as_str()])
             .inc();
         tracing::debug!(task_id = %row.task_id, agent = %row.agent, status = %row.status, outcome = %row.outcome, "attempt recorded");
         if row.status == "failed" {

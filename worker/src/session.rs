@@ -296,7 +296,7 @@ async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
         shared
             .metrics
             .processed
-            .with_label_values(&[agent.as_str(), "failed"])
+            .with_label_values(&[shared.metrics.agent_label(&agent), "failed"])
             .inc();
     }
 }

@@ -26,10 +26,22 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Agent name (`^[a-z0-9][a-z0-9._-]{0,63}$`).
+    #[schema(
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
-    /// http(s) URL without credentials that the egress policy allows; workers POST tasks here.
+    /// Absolute http(s) URL with a host and without credentials, at most 2048 bytes; workers
+    /// POST tasks here. Its host must also pass the egress policy (docs/SECURITY.md).
+    #[schema(
+        format = "uri",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$",
+        max_length = 2048
+    )]
     pub endpoint: String,
-    /// Free-form JSON object (at most 256 KiB).
+    /// Free-form JSON object (at most 256 KiB; null or absent: `{}`), with the same rules as a
+    /// task's `meta`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub meta: Option<serde_json::Value>,
@@ -40,6 +52,11 @@ pub struct RegisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct UnregisterRequest {
     /// Agent name.
+    #[schema(
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
 }
 
@@ -73,6 +90,7 @@ pub async fn register(
     egress::check_endpoint(&state.egress, "endpoint", &endpoint)?;
     let meta = parse_meta(req.meta)?;
     let agent = db::agents::upsert(&state.db, &name, endpoint.as_str(), &meta).await?;
+    state.metrics.agents.registered(&name);
     tracing::info!(agent = %name, "agent registered");
     Ok(Json(agent))
 }
@@ -90,6 +108,7 @@ pub async fn unregister(
     if !db::agents::delete(&state.db, &name).await? {
         return Err(ApiError::NotFound(format!("no agent {name:?}")));
     }
+    state.metrics.agents.unregistered(&name);
     tracing::info!(agent = %name, "agent unregistered");
     Ok(Json(Unregistered {
         name,

@@ -30,14 +30,12 @@ pub fn router() -> Router<AppState> {
 
 /// Accept a task: validate, commit its row, publish it.
 #[utoipa::path(post, path = "/enqueue", tag = "tasks", request_body = EnqueueRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false,
+        pattern = r"^[!-~]([ -~]*[!-~])?$", min_length = 1, max_length = 255,
+        description = "Alternative to the body's idempotency_key (visible ASCII; must equal it when both are sent)")),
     responses(
         (status = 202, description = "Task accepted", body = Task),
         (status = 200, description = "The idempotency key exists; the existing task", body = Task),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
         (status = 503, description = "Database unavailable; nothing was accepted", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn enqueue(
@@ -67,12 +65,20 @@ pub async fn enqueue(
 #[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
     /// Only tasks with this status.
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
     /// Only tasks of this agent.
+    #[param(
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub agent: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -88,8 +94,9 @@ pub struct TaskPage {
 
 /// List tasks newest first with keyset pagination.
 #[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListTasksQuery),
-    responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "A page of tasks", body = TaskPage),
+        (status = 400, description = "Bad cursor or query string", body = ErrorBody),
+        (status = 422, description = "Invalid status, agent or limit", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn list_tasks(
     State(state): State<AppState>,
@@ -143,9 +150,10 @@ fn page_cursor<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> 
 
 /// One task with its status, attempts, result and timestamps.
 #[utoipa::path(get, path = "/tasks/{id}", tag = "tasks",
-    params(("id" = String, Path, description = "Task id (UUID)")),
-    responses((status = 200, body = Task), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)),
+    params(("id" = Uuid, Path, description = "Task id")),
+    responses((status = 200, description = "The task", body = Task),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn get_task(
     State(state): State<AppState>,
@@ -164,11 +172,12 @@ pub async fn find_task(state: &AppState, id: Uuid) -> ApiResult<Task> {
 
 /// Cancel a task: a queued one at once (200), a running one through its worker (202).
 #[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks",
-    params(("id" = String, Path, description = "Task id (UUID)")),
+    params(("id" = Uuid, Path, description = "Task id")),
     responses(
         (status = 200, description = "Cancelled", body = Task),
         (status = 202, description = "Running; its worker was asked to cancel it", body = Task),
-        (status = 404, body = ErrorBody),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "Already finished", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn cancel_task(
@@ -214,8 +223,10 @@ pub async fn cancel(state: &AppState, id: Uuid) -> ApiResult<(StatusCode, Task)>
 #[into_params(parameter_in = Query)]
 pub struct ProcessedQuery {
     /// Page size, 1-500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>)]
     cursor: Option<String>,
 }
 
@@ -231,8 +242,9 @@ pub struct AttemptPage {
 
 /// Attempt records, newest first.
 #[utoipa::path(get, path = "/processed", tag = "tasks", params(ProcessedQuery),
-    responses((status = 200, body = AttemptPage), (status = 400, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "A page of attempt records", body = AttemptPage),
+        (status = 400, description = "Bad cursor or query string", body = ErrorBody),
+        (status = 422, description = "Invalid limit", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn list_processed(
     State(state): State<AppState>,

@@ -53,3 +53,13 @@ pub async fn get(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Agent>> {
     .fetch_optional(db)
     .await?)
 }
+
+/// Up to `limit` registered names, in name order (the metrics' label set).
+pub async fn names(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("select name from agents order by name limit $1")
+            .bind(limit)
+            .fetch_all(db)
+            .await?,
+    )
+}

@@ -40,3 +40,41 @@ pub async fn run(task: &Task) -> Option<ExecResult> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bgagent_shared::domain::TaskStatus;
+    use bgagent_shared::labels::BUILTIN_AGENTS;
+    use chrono::Utc;
+
+    /// The metrics report these agents by name because they are built in: the list must match.
+    #[tokio::test]
+    async fn every_builtin_agent_named_for_metrics_runs_here() {
+        for agent in BUILTIN_AGENTS {
+            let task = Task {
+                id: uuid::Uuid::now_v7(),
+                agent: agent.into(),
+                command: "x".into(),
+                meta: json!({"ms": 0, "retryable": false}),
+                status: TaskStatus::Running,
+                attempts: 1,
+                max_attempts: 1,
+                timeout_secs: 1,
+                idempotency_key: None,
+                run_at: Utc::now(),
+                published_at: None,
+                worker_id: None,
+                lease_until: None,
+                result: None,
+                last_error: None,
+                cancel_requested: false,
+                created_at: Utc::now(),
+                started_at: None,
+                finished_at: None,
+                updated_at: Utc::now(),
+            };
+            assert!(run(&task).await.is_some(), "{agent} is not a built-in");
+        }
+    }
+}

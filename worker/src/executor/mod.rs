@@ -5,6 +5,7 @@ mod builtin;
 pub mod http;
 
 use bgagent_shared::domain::Task;
+use bgagent_shared::labels::AgentLabels;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -73,12 +74,18 @@ pub type ExecResult = Result<Value, TaskError>;
 pub struct Executors {
     http: HttpExecutor,
     agents: AgentRegistry,
+    labels: AgentLabels,
 }
 
 impl Executors {
-    /// Executors over `http` with agent lookups through `agents`.
-    pub fn new(http: HttpExecutor, agents: AgentRegistry) -> Self {
-        Self { http, agents }
+    /// Executors over `http` with agent lookups through `agents`; agents found registered are
+    /// reported by name in `labels` at once, without waiting for its next load.
+    pub fn new(http: HttpExecutor, agents: AgentRegistry, labels: AgentLabels) -> Self {
+        Self {
+            http,
+            agents,
+            labels,
+        }
     }
 
     /// Run one attempt of `task` (attempt number `attempt`).
@@ -87,7 +94,10 @@ impl Executors {
             return result;
         }
         match self.agents.endpoint(&task.agent).await {
-            Ok(Some(endpoint)) => self.http.call_agent(&endpoint, task, attempt).await,
+            Ok(Some(endpoint)) => {
+                self.labels.registered(&task.agent);
+                self.http.call_agent(&endpoint, task, attempt).await
+            }
             Ok(None) if self.http.has_gateway() => self.http.call_gateway(task).await,
             Ok(None) => Err(TaskError::terminal(
                 "no_route",
