@@ -245,6 +245,9 @@ impl ClientBuilder {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
+            // The API closes idle keep-alive connections after its header-read timeout (10 s by
+            // default); dropping ours sooner avoids sending on one it is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .connect_timeout(self.connect_timeout)
             .user_agent(self.user_agent)
             .build()

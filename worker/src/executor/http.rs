@@ -17,6 +17,8 @@ use super::{ExecResult, TaskError};
 
 /// How long a registry lookup is trusted before it is read again.
 const REGISTRY_TTL: Duration = Duration::from_secs(2);
+/// Most agent lookups kept at once.
+const MAX_CACHED_AGENTS: usize = 4096;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -50,6 +52,13 @@ impl AgentRegistry {
         }
         let endpoint = db::agents::get(&self.db, agent).await?.map(|a| a.endpoint);
         if let Ok(mut cache) = self.cache.lock() {
+            // Agent names come from clients: keep the cache bounded however many are made up.
+            if cache.len() >= MAX_CACHED_AGENTS {
+                cache.retain(|_, (at, _)| at.elapsed() < REGISTRY_TTL);
+                if cache.len() >= MAX_CACHED_AGENTS {
+                    cache.clear();
+                }
+            }
             cache.insert(agent.to_owned(), (Instant::now(), endpoint.clone()));
         }
         Ok(endpoint)
