@@ -22,6 +22,8 @@ pub struct Row {
     pub stuck: usize,
     /// Receipts answered 200 beyond the first, per idempotency key.
     pub duplicates: usize,
+    /// `failed` rows whose last attempt the agent answered 200: failed for work that was done.
+    pub wrong_status: usize,
     /// From the last fault until every accepted task was terminal (None: never).
     pub drain: Option<Duration>,
     /// Length of the whole scenario.
@@ -112,6 +114,8 @@ pub async fn check(
     };
     let wanted: HashSet<Uuid> = ids.iter().copied().collect();
     let mut ok_receipts: HashMap<&str, usize> = HashMap::new();
+    // Attempts the agent answered 200, per task.
+    let mut ok_attempts: HashSet<(Uuid, i64)> = HashSet::new();
     let mut mismatched = 0;
     for r in &receipts {
         let Some(task) = r.task_id.filter(|id| wanted.contains(id)) else {
@@ -122,6 +126,7 @@ pub async fn check(
         }
         if r.status == 200 {
             *ok_receipts.entry(r.key.as_str()).or_default() += 1;
+            ok_attempts.insert((task, r.attempt));
         }
     }
     if mismatched > 0 {
@@ -140,7 +145,13 @@ pub async fn check(
                         row.lost += 1;
                     }
                 }
-                "failed" => row.failed += 1,
+                "failed" => {
+                    row.failed += 1;
+                    let attempts = rows.get(id).map_or(0, |(_, a)| i64::from(*a));
+                    if ok_attempts.contains(&(*id, attempts)) {
+                        row.wrong_status += 1;
+                    }
+                }
                 "cancelled" => row.cancelled += 1,
                 _ => row.stuck += 1,
             },
@@ -248,7 +259,7 @@ fn secs(d: Option<Duration>) -> String {
 /// The table, aligned for a terminal.
 pub fn text_table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<34} {:>8} {:>9} {:>6} {:>9} {:>5} {:>5} {:>5} {:>9} {:>7}  {}\n",
+        "{:<34} {:>8} {:>9} {:>6} {:>9} {:>5} {:>5} {:>5} {:>5} {:>9} {:>7}  {}\n",
         "scenario",
         "accepted",
         "succeeded",
@@ -257,13 +268,14 @@ pub fn text_table(rows: &[Row]) -> String {
         "lost",
         "stuck",
         "dups",
+        "wrong",
         "drain",
         "took",
         "result"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<34} {:>8} {:>9} {:>6} {:>9} {:>5} {:>5} {:>5} {:>9} {:>7}  {}\n",
+            "{:<34} {:>8} {:>9} {:>6} {:>9} {:>5} {:>5} {:>5} {:>5} {:>9} {:>7}  {}\n",
             r.name,
             r.accepted,
             r.succeeded,
@@ -272,6 +284,7 @@ pub fn text_table(rows: &[Row]) -> String {
             r.lost,
             r.stuck,
             r.duplicates,
+            r.wrong_status,
             secs(r.drain),
             format!("{:.0} s", r.took.as_secs_f64()),
             r.verdict()
@@ -283,12 +296,12 @@ pub fn text_table(rows: &[Row]) -> String {
 /// The table as Markdown (for docs/FAULTS.md).
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | accepted | succeeded | failed | cancelled | lost | stuck | duplicate executions | drain after last fault | result |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| scenario | accepted | succeeded | failed | cancelled | lost | stuck | duplicate executions | wrong final status | drain after last fault | result |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.accepted,
             r.succeeded,
@@ -297,6 +310,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             r.lost,
             r.stuck,
             r.duplicates,
+            r.wrong_status,
             secs(r.drain),
             r.verdict()
         ));

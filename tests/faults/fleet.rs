@@ -77,6 +77,19 @@ impl Proc {
         Ok(())
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process freezes with its connections open.
+    pub fn freeze(&mut self, frozen: bool) -> Result<()> {
+        let sig = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        match &self.child {
+            Some(child) => signal(child.id(), sig),
+            None => Ok(()),
+        }
+    }
+
     /// Send SIGTERM (the process drains and exits by itself).
     pub fn sigterm(&mut self) -> Result<()> {
         match &self.child {

@@ -199,6 +199,41 @@ impl Postgres {
         )
     }
 
+    /// SIGSTOP (`freeze`) or SIGCONT the server: the postmaster and every process it started,
+    /// so connections stay open but nothing answers, as in a stalled disk or a paused VM.
+    pub fn signal_all(&self, sig: nix::sys::signal::Signal) -> Result<usize> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .context("read postmaster.pid")?;
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .context("empty postmaster.pid")?
+            .trim()
+            .parse()?;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, then the parent's pid.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in &pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig)
+                .with_context(|| format!("{sig} to PostgreSQL process {pid}"))?;
+        }
+        Ok(pids.len())
+    }
+
     /// URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)

@@ -165,19 +165,33 @@ async fn a_cancel_racing_the_finish_never_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_judges_leases_only_with_a_current_view() {
     let env = TestEnv::new().await;
-    let ids = env.insert_tasks("echo", "x", json!({}), 3, true).await;
-    // Three running tasks whose lease expired: one with attempts left, one on its last attempt
-    // that started a moment ago (timeout 300 s), one on its last attempt long past its timeout.
+    let ids = env.insert_tasks("echo", "x", json!({}), 4, true).await;
+    // The holder registered before its attempts began and never said it stopped: it may be
+    // frozen rather than dead.
     sqlx::query(
-        "update tasks set status = 'running', worker_id = 'w-gone', attempts = 1,
+        "insert into workers (id, host, version, started_at, last_seen)
+         values ('w-gone', 'h', 'v', now() - interval '2 hours', now() - interval '1 minute'),
+                ('w-restarted', 'h', 'v', now(), now())",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    // Four running tasks whose lease expired: one with attempts left; one on its last attempt
+    // that started a moment ago (timeout 300 s); one on its last attempt long past its timeout;
+    // one on its last attempt whose worker has restarted since (its holder is surely gone).
+    sqlx::query(
+        "update tasks set status = 'running', attempts = 1,
+                worker_id = case when id = $4 then 'w-restarted' else 'w-gone' end,
                 lease_until = now() - interval '1 second',
                 max_attempts = case when id = $1 then 3 else 1 end,
-                started_at = case when id = $3 then now() - interval '1 hour' else now() end
-         where id = any($4)",
+                started_at = case when id = $3 then now() - interval '1 hour'
+                                  else now() - interval '1 minute' end
+         where id = any($5)",
     )
     .bind(ids[0])
     .bind(ids[1])
     .bind(ids[2])
+    .bind(ids[3])
     .bind(&ids)
     .execute(&env.db)
     .await
@@ -195,7 +209,11 @@ async fn the_reaper_judges_leases_only_with_a_current_view() {
         .unwrap();
     let mut got: Vec<(Uuid, String)> = reaped.into_iter().map(|r| (r.task_id, r.status)).collect();
     got.sort();
-    let mut want = vec![(ids[0], "queued".to_owned()), (ids[2], "failed".to_owned())];
+    let mut want = vec![
+        (ids[0], "queued".to_owned()),
+        (ids[2], "failed".to_owned()),
+        (ids[3], "failed".to_owned()),
+    ];
     want.sort();
     assert_eq!(got, want, "the recent last attempt keeps running");
     let kept = db::tasks::get(&env.db, ids[1]).await.unwrap().unwrap();

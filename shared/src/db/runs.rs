@@ -259,9 +259,11 @@ pub struct Reaped {
 /// Return to the queue the running tasks whose holder broke its promise: the lease it took and
 /// kept renewing expired, or it shut down with the task still running. Each task is judged by
 /// its own lease, never by the reaper's settings. A task on its last attempt fails instead, so a
-/// task that kills its worker every time cannot loop forever; but not before the attempt could
-/// have ended on its own (`started_at + timeout_secs + last_attempt_grace_secs`), so a holder
-/// that was only frozen still gets to report it.
+/// task that kills its worker every time cannot loop forever. That happens at once when its
+/// holder is known to be gone (shut down, or restarted since the attempt began under the same
+/// worker id); otherwise not before the attempt could have ended on its own
+/// (`started_at + timeout_secs + last_attempt_grace_secs`), because a holder that only froze
+/// looks the same as a dead one and still gets to report it.
 ///
 /// `run_before` is the database time by which the statement must run: a statement that waited
 /// in a stalled connection or server finds every lease expired, because nobody could renew one
@@ -277,7 +279,8 @@ pub async fn reap(
              left join workers w on w.id = t.worker_id
              where t.status = 'running'
                and (t.lease_until < now() or w.stopped_at is not null)
-               and (t.attempts < t.max_attempts or t.cancel_requested or w.stopped_at is not null
+               and (t.attempts < t.max_attempts or t.cancel_requested
+                    or w.id is null or w.stopped_at is not null or w.started_at > t.started_at
                     or t.started_at + make_interval(secs => t.timeout_secs + $1) < now())
                and clock_timestamp() < $2
              for update of t skip locked
