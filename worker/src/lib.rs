@@ -9,6 +9,7 @@
 
 mod acks;
 pub mod backoff;
+mod broker_loss;
 pub mod config;
 mod delivery;
 pub mod executor;
@@ -102,7 +103,7 @@ impl Worker {
         let (paused, _) = watch::channel(false);
         let shared = Shared {
             id,
-            amqp_url: config.broker.url()?.to_owned(),
+            amqp_url: session::with_heartbeat(config.broker.url()?, options.amqp_heartbeat_secs),
             topology: Topology::new(&config.broker.broker_prefix, config.broker.delivery_limit),
             executors: Executors::new(http, AgentRegistry::new(db.clone())),
             permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
@@ -117,6 +118,7 @@ impl Worker {
             paused,
             interrupt: CancellationToken::new(),
             connected: Arc::new(AtomicBool::new(false)),
+            broker_check: tokio::sync::Notify::new(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -165,6 +167,7 @@ impl Worker {
         ));
         let relay = tokio::spawn(maintenance::relay_loop(shared.clone(), shutdown.clone()));
         let reaper = tokio::spawn(maintenance::reaper_loop(shared.clone(), shutdown.clone()));
+        let broker_check = tokio::spawn(broker_loss::check_loop(shared.clone(), shutdown.clone()));
         let claims = tokio::spawn(pipeline::claim_loop(
             shared.clone(),
             deliveries_rx,
@@ -207,7 +210,7 @@ impl Worker {
         while records.join_next().await.is_some() {}
         deadline.abort();
         // Every remaining step is bounded, so a stop always ends even if a dependency hangs.
-        for task in [relay, reaper] {
+        for task in [relay, reaper, broker_check] {
             bounded_join(task).await;
         }
         finished.cancel();

@@ -35,6 +35,9 @@ pub struct WorkerMetrics {
     pub relay_published: IntCounter,
     /// Running tasks recovered from lost workers.
     pub recovered: IntCounter,
+    /// Queued tasks published again because the broker no longer held them (data lost, queue
+    /// purged or deleted).
+    pub republished: IntCounter,
     /// Items a loop stopped retrying, by loop (`claim`, `record`, `release`, `dead_letter_event`).
     pub gave_up: IntCounterVec,
 }
@@ -97,6 +100,11 @@ impl WorkerMetrics {
         )?;
         registry.register(Box::new(recovered.clone()))?;
         registry.register(Box::new(gave_up.clone()))?;
+        let republished = IntCounter::new(
+            "bgagent_tasks_republished_total",
+            "Queued tasks published again because the broker no longer held them",
+        )?;
+        registry.register(Box::new(republished.clone()))?;
         Ok(Self {
             registry,
             processed,
@@ -108,6 +116,7 @@ impl WorkerMetrics {
             relay_published,
             recovered,
             gave_up,
+            republished,
         })
     }
 
