@@ -265,6 +265,15 @@ impl Publisher {
             self.forget_channel().await;
             return Err(Error::NotConfirmed);
         };
+        // A returned message had no queue to go to: the tasks queue was deleted. The next
+        // publish opens a new channel, which declares the topology again.
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(Confirmation::Ack(Some(_)))))
+        {
+            tracing::warn!("task messages came back unroutable; declaring the topology again");
+            self.forget_channel().await;
+        }
         Ok(chunks
             .into_iter()
             .zip(results)
