@@ -36,6 +36,22 @@ fn debug_log() {
     }
 }
 
+/// Pause the fleet and wait until every worker says it is paused (its consumer is cancelled), so
+/// what is enqueued next stays ready in the queue.
+async fn pause(env: &TestEnv, api: &TestApi) {
+    api.post("/stop", &json!({})).await;
+    wait_for("every worker paused", WAIT, async || {
+        let running: i64 = sqlx::query_scalar(
+            "select count(*) from workers where stopped_at is null and not paused",
+        )
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+        running == 0
+    })
+    .await;
+}
+
 async fn count(env: &TestEnv, ids: &[Uuid], status: &str) -> usize {
     let n: i64 =
         sqlx::query_scalar("select count(*) from tasks where id = any($1) and status = $2")
@@ -77,7 +93,7 @@ async fn tasks_survive(loss: Loss, check_secs: u64) {
             .is_some()
     })
     .await;
-    api.post("/stop", &json!({})).await;
+    pause(&env, &api).await;
     let mut ids = Vec::new();
     for i in 0..TASKS {
         let task = api
@@ -178,15 +194,19 @@ async fn a_healthy_backlog_is_not_published_again() {
             ..env.worker_options()
         })
         .await;
-    api.post("/stop", &json!({})).await;
+    pause(&env, &api).await;
     for i in 0..10 {
         api.enqueue(&json!({"agent": "echo", "command": format!("t{i}")}))
             .await;
     }
-    // Paused, the messages wait ready in the queue: past the staleness (2 s) and several checks,
-    // nothing is sent again.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(publisher(&env).queue_depths().await.unwrap().0, 10);
+    // Paused, the messages wait ready in the queue. Watched for a while on purpose (past the
+    // staleness of 2 s and several checks): nothing may be sent again meanwhile.
+    let publisher = publisher(&env);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(publisher.queue_depths().await.unwrap().0, 10);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let metrics = api
         .text(&format!("http://{}/metrics", worker.metrics_addr.unwrap()))
         .await;

@@ -33,6 +33,9 @@ use crate::state::Shared;
 const UNPUBLISH_BATCH: i64 = 5000;
 /// Wait after a failed check that followed a new session (the broker may still be starting).
 const RETRY_SOON: Duration = Duration::from_secs(2);
+/// Longest check: a broker that accepts a command and never answers must not hold the lock
+/// (and a database connection) forever; dropping the transaction releases both.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Run the checks every `BGAGENT_BROKER_CHECK_SECS` and whenever a broker session opens.
 pub(crate) async fn check_loop(shared: Arc<Shared>, stop: CancellationToken) {
@@ -45,7 +48,10 @@ pub(crate) async fn check_loop(shared: Arc<Shared>, stop: CancellationToken) {
             () = shared.broker_check.notified() => {}
             () = stop.cancelled() => return,
         }
-        wait = match check_once(&shared, &mut streak).await {
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, check_once(&shared, &mut streak))
+            .await
+            .unwrap_or_else(|_| Err(bgagent_shared::Error::Broker("check timed out".into())));
+        wait = match checked {
             Ok(_) => period,
             Err(e) => {
                 tracing::warn!(error = %e, "broker-loss check failed; retrying");
