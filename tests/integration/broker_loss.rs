@@ -329,3 +329,61 @@ async fn a_frozen_worker_gives_up_its_prefetched_tasks_within_the_heartbeat_boun
     let _ = frozen.0.wait();
     other.stop().await;
 }
+
+/// Ready messages in the tasks queue, or None when it does not exist (a passive declare on a
+/// channel of its own, so the check itself declares nothing).
+async fn ready_if_declared(env: &TestEnv) -> Option<u32> {
+    let conn = env.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = ch
+        .queue_declare(
+            env.topology().tasks_queue().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    conn.close(200, "done".into()).await.ok();
+    found
+}
+
+/// The API's publishes to a deleted tasks queue come back unroutable; it declares the topology
+/// again instead of publishing into the void until it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_declares_a_deleted_tasks_queue_again() {
+    debug_log();
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    api.enqueue(&json!({"agent": "echo", "command": "first"}))
+        .await;
+    assert_eq!(ready_if_declared(&env).await, Some(1));
+    let conn = env.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        env.topology().tasks_queue().into(),
+        QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    conn.close(200, "done".into()).await.ok();
+    assert_eq!(ready_if_declared(&env).await, None);
+
+    // The first publish comes back; one of the next ones lands in the declared-again queue.
+    let mut n = 0;
+    wait_for(
+        "a publish reaches the tasks queue again",
+        WAIT,
+        async || {
+            n += 1;
+            api.enqueue(&json!({"agent": "echo", "command": format!("after {n}")}))
+                .await;
+            ready_if_declared(&env).await.is_some_and(|ready| ready > 0)
+        },
+    )
+    .await;
+}
