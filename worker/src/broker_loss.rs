@@ -19,7 +19,9 @@
 //!   visible over AMQP) or lost. Seen on two checks in a row, those tasks are published again.
 //!   A fleet that is saturated and holds such tasks in its prefetch windows gets them re-sent
 //!   (at most once per two periods, and only while the queue has nothing ready); the copies
-//!   are dropped at claim.
+//!   are dropped at claim. Only "nothing ready" is used, never a count compared with the
+//!   database: a message may carry several tasks (`BGAGENT_TASKS_PER_MESSAGE`), so message and
+//!   task counts do not match.
 
 use bgagent_shared::db;
 use std::sync::Arc;
