@@ -473,6 +473,17 @@ impl Rabbit {
         Ok(())
     }
 
+    /// Delete the stopped node's data directory (every queue, message and definition): the next
+    /// start is a broker that lost its disk.
+    pub fn wipe_data(&mut self) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "wipe the data of a running broker");
+        let mnesia = self.dir.join("mnesia");
+        if mnesia.exists() {
+            std::fs::remove_dir_all(&mnesia).context("delete the broker's data directory")?;
+        }
+        Ok(())
+    }
+
     /// Hard kill: SIGKILL of the Erlang VM (kill -9 of the broker).
     pub async fn kill9(&mut self) -> Result<()> {
         let pid = self.os_pid()?;

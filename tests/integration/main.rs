@@ -6,6 +6,7 @@
 
 mod api;
 mod bench;
+mod broker_loss;
 mod cli;
 mod common;
 mod egress;

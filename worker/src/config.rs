@@ -47,6 +47,16 @@ pub struct WorkerOptions {
     /// Seconds between heartbeats, lease renewals and paused-state reconciliation.
     #[arg(long, env = "BGAGENT_HEARTBEAT_SECS", default_value_t = 5)]
     pub heartbeat_secs: u64,
+    /// AMQP heartbeat of the worker's consuming connection, in seconds (0: the broker's, 60 s by
+    /// default). A worker that stops making progress (frozen, SIGSTOP, a stalled VM) stops
+    /// answering heartbeats; RabbitMQ then closes its connection within about twice this and
+    /// hands its prefetched, unstarted tasks to other workers.
+    #[arg(long, env = "BGAGENT_AMQP_HEARTBEAT_SECS", default_value_t = 10)]
+    pub amqp_heartbeat_secs: u16,
+    /// Seconds between checks that the broker still holds the queued tasks it was given (see
+    /// docs/OPERATIONS.md); a published task counts as possibly lost after twice this.
+    #[arg(long, env = "BGAGENT_BROKER_CHECK_SECS", default_value_t = 30)]
+    pub broker_check_secs: u64,
     /// Milliseconds between relay passes (publishing due, unpublished tasks).
     #[arg(long, env = "BGAGENT_RELAY_INTERVAL_MS", default_value_t = 250)]
     pub relay_interval_ms: u64,
@@ -129,6 +139,8 @@ impl Default for WorkerOptions {
             shutdown_grace_secs: 30,
             lease_secs: 60,
             heartbeat_secs: 5,
+            amqp_heartbeat_secs: 10,
+            broker_check_secs: 30,
             relay_interval_ms: 250,
             retry_base_ms: 1000,
             retry_factor: 2.0,

@@ -9,6 +9,7 @@
 
 mod acks;
 pub mod backoff;
+mod broker_loss;
 pub mod config;
 mod delivery;
 pub mod executor;
@@ -113,7 +114,7 @@ impl Worker {
         let (dead_copies_tx, dead_copies) = mpsc::channel(DEAD_COPY_BACKLOG);
         let shared = Shared {
             id,
-            amqp_url: config.broker.url()?.to_owned(),
+            amqp_url: session::with_heartbeat(config.broker.url()?, options.amqp_heartbeat_secs),
             topology: Topology::new(&config.broker.broker_prefix, config.broker.delivery_limit),
             executors: Executors::new(http, AgentRegistry::new(db.clone()), agent_labels),
             permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
@@ -129,6 +130,7 @@ impl Worker {
             interrupt: CancellationToken::new(),
             connected: Arc::new(AtomicBool::new(false)),
             dead_copies: dead_copies_tx,
+            broker_check: tokio::sync::Notify::new(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -183,6 +185,7 @@ impl Worker {
             self.dead_copies,
             finished.clone(),
         ));
+        let broker_check = tokio::spawn(broker_loss::check_loop(shared.clone(), shutdown.clone()));
         let claims = tokio::spawn(pipeline::claim_loop(
             shared.clone(),
             deliveries_rx,
@@ -225,7 +228,7 @@ impl Worker {
         while records.join_next().await.is_some() {}
         deadline.abort();
         // Every remaining step is bounded, so a stop always ends even if a dependency hangs.
-        for task in [relay, reaper] {
+        for task in [relay, reaper, broker_check] {
             bounded_join(task).await;
         }
         finished.cancel();

@@ -38,6 +38,9 @@ pub struct WorkerMetrics {
     pub relay_published: IntCounter,
     /// Running tasks recovered from lost workers.
     pub recovered: IntCounter,
+    /// Queued tasks published again because the broker no longer held them (data lost, queue
+    /// purged or deleted).
+    pub republished: IntCounter,
     /// Items a loop stopped retrying, by loop (`claim`, `record`, `release`, `dead_letter_event`,
     /// `dead_copy`).
     pub gave_up: IntCounterVec,
@@ -101,6 +104,11 @@ impl WorkerMetrics {
         )?;
         registry.register(Box::new(recovered.clone()))?;
         registry.register(Box::new(gave_up.clone()))?;
+        let republished = IntCounter::new(
+            "bgagent_tasks_republished_total",
+            "Queued tasks published again because the broker no longer held them",
+        )?;
+        registry.register(Box::new(republished.clone()))?;
         Ok(Self {
             registry,
             agents,
@@ -113,6 +121,7 @@ impl WorkerMetrics {
             relay_published,
             recovered,
             gave_up,
+            republished,
         })
     }
 

@@ -89,12 +89,14 @@ pub(crate) async fn run(
 
 async fn open(shared: &Shared) -> bgagent_shared::Result<(Connection, Channel)> {
     let conn = broker::connect(&shared.amqp_url, &format!("bgagent-worker@{}", shared.id)).await?;
+    broker::declare(&conn, &shared.topology).await?;
     let channel = conn.create_channel().await?;
-    broker::declare(&channel, &shared.topology).await?;
     channel
         .basic_qos(shared.options.prefetch.max(1), BasicQosOptions::default())
         .await?;
     tracing::info!(worker_id = %shared.id, "broker session open");
+    // A new session may follow a broker that lost its data: look at once.
+    shared.broker_check.notify_one();
     Ok((conn, channel))
 }
 
@@ -341,5 +343,36 @@ where
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// `url` with the AMQP heartbeat `secs` (none when 0 or when the URL already sets one).
+pub(crate) fn with_heartbeat(url: &str, secs: u16) -> String {
+    if secs == 0 || url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={secs}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_heartbeat;
+
+    #[test]
+    fn heartbeat_is_added_to_the_url_unless_it_has_one() {
+        assert_eq!(
+            with_heartbeat("amqp://h:5672/%2f", 10),
+            "amqp://h:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?frame_max=8192", 3),
+            "amqp://h/%2f?frame_max=8192&heartbeat=3"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?heartbeat=30", 3),
+            "amqp://h/%2f?heartbeat=30"
+        );
+        assert_eq!(with_heartbeat("amqp://h/%2f", 0), "amqp://h/%2f");
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub dead_copies: mpsc::Sender<crate::pipeline::DeadCopy>,
     /// True while a broker session is up (`/ready`).
     pub connected: Arc<AtomicBool>,
+    /// Wakes the broker-loss check (a new broker session opened).
+    pub broker_check: tokio::sync::Notify,
 }
 
 impl Shared {

@@ -151,11 +151,11 @@ impl Publisher {
             .get()
             .await
             .map_err(|e| Error::Broker(format!("connect: {e}")))?;
+        declare(&conn, &self.inner.topology).await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare(&channel, &self.inner.topology).await?;
         tracing::info!(
             prefix = self.inner.topology.prefix(),
             "broker channel open, topology declared"
@@ -265,12 +265,47 @@ impl Publisher {
             self.forget_channel().await;
             return Err(Error::NotConfirmed);
         };
+        // A returned message had no queue to go to: the tasks queue was deleted. The next
+        // publish opens a new channel, which declares the topology again.
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(Confirmation::Ack(Some(_)))))
+        {
+            tracing::warn!("task messages came back unroutable; declaring the topology again");
+            self.forget_channel().await;
+        }
         Ok(chunks
             .into_iter()
             .zip(results)
             .filter(|(_, r)| is_confirmed(r))
             .flat_map(|(chunk, _)| chunk.iter().copied())
             .collect())
+    }
+
+    /// Markers in the epoch queue (see [`Topology::epoch_queue`]); 0 means the broker no longer
+    /// holds what it was given.
+    pub async fn epoch_markers(&self) -> Result<u32> {
+        let channel = self.channel().await?;
+        let (options, args) = super::topology::epoch_queue();
+        match channel
+            .queue_declare(self.inner.topology.epoch_queue().into(), options, args)
+            .await
+        {
+            Ok(queue) => Ok(queue.message_count()),
+            Err(e) => {
+                self.forget_channel().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Store a new epoch marker (persistent, confirmed) naming `epoch`.
+    pub async fn write_epoch_marker(&self, epoch: &str) -> Result<()> {
+        let props = persistent().with_message_id(epoch.into());
+        let body = serde_json::to_vec(&serde_json::json!({ "epoch": epoch }))
+            .map_err(|e| Error::Broker(e.to_string()))?;
+        self.publish_one("", &self.inner.topology.epoch_queue(), &body, props)
+            .await
     }
 
     /// Publish a control message to every worker.

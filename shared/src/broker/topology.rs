@@ -2,7 +2,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Connection, ExchangeKind};
 
 use super::TASK_ROUTING_KEY;
 use crate::Result;
@@ -55,6 +55,13 @@ impl Topology {
         format!("{}.dead.events", self.prefix)
     }
 
+    /// Queue holding one marker message the workers write: when a worker finds it empty, the
+    /// broker lost its data (or the queue was deleted) and the tasks it was given must be
+    /// published again.
+    pub fn epoch_queue(&self) -> String {
+        format!("{}.epoch", self.prefix)
+    }
+
     /// Fanout exchange of control messages.
     pub fn control_exchange(&self) -> String {
         format!("{}.control", self.prefix)
@@ -75,11 +82,12 @@ impl Topology {
     }
 
     /// Every shared queue, for clean-up.
-    pub fn queues(&self) -> [String; 3] {
+    pub fn queues(&self) -> [String; 4] {
         [
             self.tasks_queue(),
             self.dead_queue(),
             self.dead_events_queue(),
+            self.epoch_queue(),
         ]
     }
 }
@@ -104,9 +112,16 @@ fn quorum_queue() -> (QueueDeclareOptions, FieldTable) {
     (options, args)
 }
 
-/// Declare the whole topology. Idempotent: declaring what exists with the same arguments is a
-/// no-op, so every process runs it at start and after reconnecting.
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
+/// Declare the whole topology on a channel of its own (closed afterwards). Idempotent: declaring
+/// what exists with the same arguments is a no-op, so every process runs it at start and after
+/// reconnecting.
+///
+/// A tasks queue declared earlier with another delivery limit (`BGAGENT_DELIVERY_LIMIT` changed)
+/// makes RabbitMQ refuse the declaration with PRECONDITION_FAILED and close the channel. That
+/// must not stop the deployment: the queue is then checked passively on a new channel, kept
+/// with the limit it has, and a warning says how to apply the new one.
+pub async fn declare(conn: &Connection, topology: &Topology) -> Result<()> {
+    let mut channel = conn.create_channel().await?;
     let dlx = topology.dead_letter_exchange();
     channel
         .exchange_declare(
@@ -151,9 +166,37 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
         "x-delivery-limit".into(),
         AMQPValue::LongInt(i32::try_from(topology.delivery_limit).unwrap_or(i32::MAX)),
     );
-    channel
+    match channel
         .queue_declare(topology.tasks_queue().into(), options, args)
-        .await?;
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_precondition_failed(&e) => {
+            // The refused declaration closed the channel.
+            channel = conn.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..options
+            };
+            channel
+                .queue_declare(
+                    topology.tasks_queue().into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await?;
+            tracing::warn!(
+                queue = %topology.tasks_queue(),
+                delivery_limit = topology.delivery_limit,
+                "the tasks queue exists with other arguments (BGAGENT_DELIVERY_LIMIT changed?); \
+                 it keeps the delivery limit it was declared with. To apply the new one, pause \
+                 the fleet and delete the queues {prefix}.tasks and {prefix}.epoch: they are \
+                 declared again and every queued task is published again (docs/OPERATIONS.md)",
+                prefix = topology.prefix()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
     channel
         .queue_bind(
             topology.tasks_queue().into(),
@@ -172,5 +215,30 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
             FieldTable::default(),
         )
         .await?;
+    let (options, args) = epoch_queue();
+    channel
+        .queue_declare(topology.epoch_queue().as_str().into(), options, args)
+        .await?;
+    // Best effort: the channel is only for declaring, and the connection outlives it anyway.
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// The epoch queue keeps the newest marker only, so workers that write one at the same time
+/// leave one behind.
+pub(super) fn epoch_queue() -> (QueueDeclareOptions, FieldTable) {
+    let (options, mut args) = quorum_queue();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    (options, args)
+}
+
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    use lapin::ErrorKind;
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), ErrorKind::ProtocolError(p)
+        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }

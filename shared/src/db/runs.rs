@@ -335,3 +335,74 @@ pub async fn fail_dead_lettered(
     .fetch_optional(db)
     .await?)
 }
+
+/// Key of the advisory lock that lets one worker at a time check whether the broker lost tasks.
+const BROKER_CHECK_LOCK: i64 = 0x6267_6167_656e_7431;
+
+/// Take the broker-check lock for the rest of the caller's transaction; false when another
+/// worker holds it.
+pub async fn try_lock_broker_check(tx: &mut sqlx::PgConnection) -> Result<bool> {
+    Ok(sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
+        .bind(BROKER_CHECK_LOCK)
+        .fetch_one(tx)
+        .await?)
+}
+
+/// Whether a due, queued task was published more than `published_secs` ago and is still not
+/// claimed: on a tasks queue with no ready message, such a task is either in a worker's prefetch
+/// window or lost.
+pub async fn stale_published_exists(db: impl PgExecutor<'_>, published_secs: f64) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from tasks
+                        where status = 'queued' and run_at <= now()
+                          and published_at < now() - make_interval(secs => $1))",
+    )
+    .bind(published_secs)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Make up to `limit` queued, published tasks unpublished again, so the relay publishes them
+/// again: those published more than `published_secs` ago, or every one when None (the broker
+/// lost its data). Rows another transaction holds are skipped (a claim or a relay pass is on
+/// them). Returns how many changed; call again until 0.
+pub async fn unpublish_published(
+    db: impl PgExecutor<'_>,
+    published_secs: Option<f64>,
+    limit: i64,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "update tasks set published_at = null
+         where id in (
+             select id from tasks
+             where status = 'queued' and published_at is not null
+               and ($1::float8 is null
+                    or (run_at <= now()
+                        and published_at < now() - make_interval(secs => $1::float8)))
+             limit $2
+             for update skip locked)",
+    )
+    .bind(published_secs)
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The epoch marker last stored on the broker, if any.
+pub async fn broker_epoch(db: impl PgExecutor<'_>) -> Result<Option<Uuid>> {
+    Ok(
+        sqlx::query_scalar("select broker_epoch from control where id")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// Remember the epoch marker just stored on the broker.
+pub async fn set_broker_epoch(db: impl PgExecutor<'_>, epoch: Uuid) -> Result<()> {
+    sqlx::query("update control set broker_epoch = $1 where id")
+        .bind(epoch)
+        .execute(db)
+        .await?;
+    Ok(())
+}
