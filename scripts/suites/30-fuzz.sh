@@ -14,9 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo="$PWD"
-: "${CARGO_TARGET_DIR:=$HOME/.cache/bgagent/target}"
-export CARGO_TARGET_DIR
-
 # Schemathesis pinned in a virtualenv of its own, created on first use.
 schemathesis_version="4.32.5"
 venv="${BGAGENT_FUZZ_VENV:-$HOME/.cache/bgagent/venv-fuzz}"
@@ -25,38 +22,12 @@ if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *"version $schemath
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 
-cargo build --quiet --bin bgagent
-bin="$CARGO_TARGET_DIR/debug/bgagent"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-suffix="$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')"
-port="$(free_port)"
-key="fuzz-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
-work="$(mktemp -d)"
-log="$work/dev.log"
-base_db="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-url="http://127.0.0.1:$port"
-
-DATABASE_URL="${base_db%/*}/bgagent_fuzz_$suffix" \
-BGAGENT_BROKER_PREFIX="fuzz-$suffix" \
-BACKGROUND_AGENT_API_KEY="$key" \
-BGAGENT_BIND="127.0.0.1:$port" \
-BGAGENT_METRICS_BIND=off \
-BGAGENT_LOG_FORMAT=json RUST_LOG=warn \
-  "$bin" dev --ephemeral --workers 1 >"$log" 2>&1 &
-dev_pid=$!
-stop_dev() {
-  kill -TERM "$dev_pid" 2>/dev/null || true
-  wait "$dev_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap stop_dev EXIT
-
-for _ in $(seq 1 120); do
-  curl -fsS -o /dev/null "$url/health" 2>/dev/null && break
-  kill -0 "$dev_pid" 2>/dev/null || { echo "bgagent dev exited:"; cat "$log"; exit 1; }
-  sleep 0.5
-done
+source scripts/lib/dev.sh
+start_dev fuzz 1
+key="$DEV_KEY"
+url="$DEV_URL"
+work="$DEV_WORK"
+log="$DEV_LOG"
 curl -fsS -H "x-api-key: $key" -o "$work/openapi.json" "$url/openapi.json"
 
 # The API refuses NUL (U+0000) in any string with 422. Top-level fields say so with a pattern, so
@@ -81,7 +52,7 @@ timeout --signal=INT --kill-after=10 "${BGAGENT_FUZZ_TIMEOUT:-300}" \
   --workers 2 \
   --no-color --output-sanitize "${BGAGENT_FUZZ_SANITIZE:-true}") || status=$?
 
-if ! kill -0 "$dev_pid" 2>/dev/null; then
+if ! kill -0 "$DEV_PID" 2>/dev/null; then
   echo "bgagent dev died during the fuzz run:"; cat "$log"; exit 1
 fi
 if grep -q '"level":"ERROR"' "$log"; then

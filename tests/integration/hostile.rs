@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common::{TestEnv, assert_error};
+use crate::common::{TestApi, TestEnv, assert_error};
 use crate::fake_agent::{FakeAgent, Reply};
 use bgagent_shared::db;
 use bgagent_shared::domain::{NewTask, TaskStatus};
@@ -18,6 +18,16 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn id_of(task: &Value) -> Uuid {
     task["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn register(api: &TestApi, name: &str, agent: &FakeAgent) {
+    let (status, body) = api
+        .post(
+            "/agents/register",
+            &json!({"name": name, "endpoint": agent.url}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 async fn count_tasks(env: &TestEnv) -> i64 {
@@ -206,13 +216,7 @@ async fn agent_answers_with_nul_are_stored_and_the_worker_keeps_going() {
     let mut tasks = Vec::new();
     for (name, reply, _) in &cases {
         let agent = FakeAgent::start(vec![reply.clone()]).await;
-        let (status, body) = api
-            .post(
-                "/agents/register",
-                &json!({"name": name, "endpoint": agent.url}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        register(&api, name, &agent).await;
         agents.push(agent);
         let task = api
             .enqueue(&json!({"agent": name, "command": "go", "max_attempts": 1}))
@@ -282,13 +286,7 @@ async fn an_outcome_the_database_refuses_fails_only_its_task() {
     let poisoner = FakeAgent::start(vec![Reply::ok(r#"{"poison":true}"#)]).await;
     let doomed = FakeAgent::start(vec![]).await;
     for (name, agent) in [("poisoner", &poisoner), ("doomed", &doomed)] {
-        let (status, body) = api
-            .post(
-                "/agents/register",
-                &json!({"name": name, "endpoint": agent.url}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        register(&api, name, agent).await;
     }
     let mut requests = vec![
         json!({"agent": "poisoner", "command": "x", "max_attempts": 1}),

@@ -21,6 +21,24 @@ fn id_of(task: &Value) -> Uuid {
     task["id"].as_str().unwrap().parse().unwrap()
 }
 
+/// A connection holding the tasks table locked: every insert waits, as in a database stall.
+async fn stall_inserts(env: &TestEnv) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut conn).await.unwrap();
+    sqlx::query("lock table tasks in access exclusive mode")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn end_stall(mut conn: sqlx::PgConnection) {
+    sqlx::query("rollback").execute(&mut conn).await.unwrap();
+    conn.close().await.ok();
+}
+
 /// An enqueue the database cannot take before the request timeout is either withdrawn (503
 /// `unavailable`: nothing stored) or, if its statement was already running, answered 503
 /// `outcome_unknown`. Never "not done" for something done: a retry with the same key creates
@@ -34,14 +52,7 @@ async fn an_enqueue_past_its_deadline_is_withdrawn_or_reported_unknown() {
     let api = TestApi::spawn(config).await;
 
     // Hold the table: inserts block, as they would while PostgreSQL stalls.
-    let mut blocker = sqlx::PgConnection::connect(&env.database_url)
-        .await
-        .unwrap();
-    let mut tx = blocker.begin().await.unwrap();
-    sqlx::query("lock table tasks in access exclusive mode")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let stall = stall_inserts(&env).await;
     let keys: Vec<String> = (0..20).map(|i| format!("stall-{i}")).collect();
     let answers = join_all(keys.iter().map(|key| {
         let body = json!({"agent": "echo", "command": "x", "idempotency_key": key});
@@ -49,7 +60,7 @@ async fn an_enqueue_past_its_deadline_is_withdrawn_or_reported_unknown() {
         async move { api.post("/enqueue", &body).await }
     }))
     .await;
-    tx.rollback().await.unwrap();
+    end_stall(stall).await;
 
     let mut withdrawn = Vec::new();
     for (key, (status, body)) in keys.iter().zip(&answers) {
@@ -90,14 +101,7 @@ async fn an_enqueue_past_its_deadline_is_withdrawn_or_reported_unknown() {
 
     // The Rust client retries such answers with the key it sends on every enqueue.
     let client = bgagent_client::Client::new(&api.base, crate::common::TEST_KEY).unwrap();
-    let mut blocker = sqlx::PgConnection::connect(&env.database_url)
-        .await
-        .unwrap();
-    let mut tx = blocker.begin().await.unwrap();
-    sqlx::query("lock table tasks in access exclusive mode")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let stall = stall_inserts(&env).await;
     let enqueue = tokio::spawn(async move {
         client
             .enqueue(bgagent_shared::domain::EnqueueRequest {
@@ -108,7 +112,7 @@ async fn an_enqueue_past_its_deadline_is_withdrawn_or_reported_unknown() {
             .await
     });
     tokio::time::sleep(Duration::from_secs(3)).await; // hold the stall past one request timeout
-    tx.rollback().await.unwrap();
+    end_stall(stall).await;
     let enqueued = enqueue
         .await
         .unwrap()
