@@ -63,6 +63,18 @@ async fn count(env: &TestEnv, ids: &[Uuid], status: &str) -> usize {
     usize::try_from(n).unwrap()
 }
 
+/// How many of `ids` are marked published.
+async fn published(env: &TestEnv, ids: &[Uuid]) -> usize {
+    let n: i64 = sqlx::query_scalar(
+        "select count(*) from tasks where id = any($1) and published_at is not null",
+    )
+    .bind(ids)
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    usize::try_from(n).unwrap()
+}
+
 /// What happens to the broker while the fleet is paused with every task published.
 enum Loss {
     /// The broker lost its data: every queue is gone, the epoch marker with them.
@@ -108,14 +120,7 @@ async fn tasks_survive(loss: Loss, check_secs: u64) {
     .await;
     // The API marks rows published a moment after the broker's confirm.
     wait_for("every task marked published", WAIT, async || {
-        let marked: i64 = sqlx::query_scalar(
-            "select count(*) from tasks where id = any($1) and published_at is not null",
-        )
-        .bind(&ids)
-        .fetch_one(&env.db)
-        .await
-        .unwrap();
-        marked as usize == TASKS
+        published(&env, &ids).await == TASKS
     })
     .await;
 
@@ -245,14 +250,7 @@ async fn changing_the_delivery_limit_does_not_stop_the_deployment() {
     }
     // No worker yet: the API's own channel published them (the relay would leave them unmarked).
     wait_for("the API published every task", WAIT, async || {
-        let marked: i64 = sqlx::query_scalar(
-            "select count(*) from tasks where id = any($1) and published_at is not null",
-        )
-        .bind(&ids)
-        .fetch_one(&env.db)
-        .await
-        .unwrap();
-        marked == 5
+        published(&env, &ids).await == 5
     })
     .await;
 
