@@ -12,7 +12,9 @@ pub mod egress;
 pub mod error;
 pub mod gather;
 pub mod labels;
+pub mod queue;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -1,0 +1,273 @@
+//! The task store: everything the API and the workers do to rows, as one trait with typed inputs
+//! and outputs. Two engines implement it: [`postgres`] (production, any number of processes) and
+//! [`sqlite`] (embedded, one process). Nothing above this seam names a database type.
+//!
+//! Calls are batched where the hot path is (insert, claim, record), so an engine can answer a
+//! batch with one statement and one commit.
+
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::Result;
+use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
+
+/// Workers whose heartbeat is newer than this count as live.
+pub const LIVE_WINDOW: Duration = Duration::from_secs(30);
+
+/// What inserting one requested task did.
+#[derive(Clone, Debug)]
+pub struct Inserted {
+    /// The stored task: the new one, or the one that already held the idempotency key.
+    pub task: Task,
+    /// False when the idempotency key already existed.
+    pub created: bool,
+}
+
+/// Filters of `GET /tasks`.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this status.
+    pub status: Option<TaskStatus>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only tasks older than this id (keyset cursor).
+    pub before: Option<Uuid>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// What a cancel request found.
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    /// The task was queued and is now cancelled.
+    Cancelled(Task),
+    /// The task is running; the cancel is recorded and its worker must be told.
+    Requested(Task),
+    /// The task had already finished.
+    AlreadyFinished(Task),
+    /// No such task.
+    NotFound,
+}
+
+/// How one attempt ended, as `task_attempts` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// The executor returned a result.
+    Succeeded,
+    /// The attempt failed and no retry follows.
+    Failed,
+    /// The attempt failed and a retry follows.
+    Retry,
+    /// The attempt ran past its timeout (a retry may follow).
+    Timeout,
+    /// A client cancelled the task.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// The stored (and metric label) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Retry => "retry",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "retry" => Self::Retry,
+            "timeout" => Self::Timeout,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// The outcome of one attempt, as the worker decided it.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// The task.
+    pub task_id: Uuid,
+    /// The attempt number the claim produced (the fence).
+    pub attempt: i32,
+    /// New status: succeeded, failed, cancelled, or queued for a retry.
+    pub status: TaskStatus,
+    /// What `task_attempts` says about the attempt.
+    pub outcome: AttemptOutcome,
+    /// Result of a success.
+    pub result: Option<Value>,
+    /// Error of a failure.
+    pub error: Option<String>,
+    /// How long until a retry may run.
+    pub retry_delay: Duration,
+    /// When the attempt started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// What recording did to one task.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its agent.
+    pub agent: String,
+    /// Status after the record (a cancel request turns any outcome into cancelled).
+    pub status: TaskStatus,
+    /// Attempt outcome written.
+    pub outcome: AttemptOutcome,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Error written.
+    pub error: Option<String>,
+}
+
+/// A running task whose worker is gone, as the reaper handled it.
+#[derive(Clone, Debug)]
+pub struct Reaped {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its agent.
+    pub agent: String,
+    /// Queued (will run again), failed (that was its last attempt) or cancelled.
+    pub status: TaskStatus,
+    /// Attempts used.
+    pub attempts: i32,
+}
+
+/// One heartbeat of a worker.
+#[derive(Clone, Debug)]
+pub struct Heartbeat<'a> {
+    /// The worker.
+    pub worker_id: &'a str,
+    /// Whether it has stopped consuming because the fleet is paused.
+    pub paused: bool,
+    /// Tasks running now.
+    pub in_flight: i32,
+    /// Attempts finished since start.
+    pub processed: i64,
+}
+
+/// Work that one process of the fleet does at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusive {
+    /// Checking whether the broker lost task messages.
+    BrokerCheck,
+}
+
+/// Held while a process does [`Exclusive`] work; dropping it (or [`LockGuard::release`]) lets
+/// another process take it.
+#[async_trait]
+pub trait LockGuard: Send {
+    /// Release the lock.
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// Due, unpublished tasks taken for publishing. No other relay takes them until this batch is
+/// committed or dropped.
+#[async_trait]
+pub trait DueBatch: Send {
+    /// The tasks to publish, oldest due first.
+    fn ids(&self) -> &[Uuid];
+    /// Mark `published` (those the queue confirmed) published and let the rest go.
+    async fn commit(self: Box<Self>, published: &[Uuid]) -> Result<()>;
+}
+
+/// Everything the API and the workers do to rows.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// The engine's name for banners and logs (`postgresql`, `sqlite`).
+    fn engine(&self) -> &'static str;
+    /// Bring the schema up to date.
+    async fn migrate(&self) -> Result<()>;
+    /// The store's clock: every time decision is made on it.
+    async fn now(&self) -> Result<DateTime<Utc>>;
+    /// Whether the store answers within `timeout`.
+    async fn ping(&self, timeout: Duration) -> bool;
+
+    /// Insert tasks, one result per task in input order. A task whose idempotency key exists
+    /// returns the existing row (`created: false`). One task the store refuses fails alone.
+    async fn insert_tasks(&self, tasks: &[NewTask]) -> Vec<Result<Inserted>>;
+    /// Record that the queue confirmed these new tasks' first messages (only rows never claimed).
+    async fn mark_published(&self, ids: &[Uuid]) -> Result<u64>;
+    /// One task.
+    async fn task(&self, id: Uuid) -> Result<Option<Task>>;
+    /// Tasks newest first, one page.
+    async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
+    /// Cancel a task: at once when queued, by request when running.
+    async fn cancel(&self, id: Uuid) -> Result<CancelOutcome>;
+    /// Attempt records newest first, one page.
+    async fn attempts(&self, before: Option<i64>, limit: i64) -> Result<Vec<Attempt>>;
+
+    /// Insert or update an agent.
+    async fn upsert_agent(&self, name: &str, endpoint: &str, meta: &Value) -> Result<Agent>;
+    /// Remove an agent; false when it was not registered.
+    async fn delete_agent(&self, name: &str) -> Result<bool>;
+    /// All agents by name.
+    async fn agents(&self) -> Result<Vec<Agent>>;
+    /// One agent.
+    async fn agent(&self, name: &str) -> Result<Option<Agent>>;
+    /// Up to `limit` registered names, in name order.
+    async fn agent_names(&self, limit: i64) -> Result<Vec<String>>;
+
+    /// Whether the fleet is paused.
+    async fn paused(&self) -> Result<bool>;
+    /// Store the paused state.
+    async fn set_paused(&self, paused: bool, changed_by: &str) -> Result<bool>;
+    /// Workers not stopped, plus those seen in the last hour, newest heartbeat first.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>>;
+    /// Workers heart-beating within [`LIVE_WINDOW`].
+    async fn live_workers(&self) -> Result<i64>;
+    /// Register a worker at start (or refresh it after a restart with the same id).
+    async fn register_worker(&self, id: &str, host: &str, version: &str) -> Result<()>;
+    /// Record a heartbeat.
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<()>;
+    /// Mark a worker stopped after a clean shutdown.
+    async fn mark_worker_stopped(&self, id: &str) -> Result<()>;
+
+    /// Claim queued, due tasks for `worker_id`; ids not claimable are absent from the result.
+    async fn claim(&self, ids: &[Uuid], worker_id: &str, lease: Duration) -> Result<Vec<Task>>;
+    /// Record attempt outcomes, each fenced on its claimed attempt and worker.
+    async fn record(&self, worker_id: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>>;
+    /// Hand back tasks a stopping worker could not finish (the attempt is not counted).
+    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<u64>;
+    /// Extend the leases of the tasks this worker holds; returns those whose cancel was requested.
+    async fn renew_leases(&self, worker_id: &str, lease: Duration, held: &[Uuid])
+    -> Result<Vec<Uuid>>;
+    /// Return to the queue (or fail, on their last attempt) the running tasks whose holder broke
+    /// its lease; a statement that runs after `run_before` (store time) reaps nothing.
+    async fn reap(
+        &self,
+        last_attempt_grace: Duration,
+        run_before: DateTime<Utc>,
+    ) -> Result<Vec<Reaped>>;
+    /// Fail a task whose message the queue dead-lettered; its agent and attempts when it changed.
+    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<(String, i32)>>;
+    /// Make queued tasks unpublished, so the relay publishes each in a message of its own.
+    async fn unpublish_queued(&self, ids: &[Uuid]) -> Result<u64>;
+
+    /// Take up to `limit` due, unpublished tasks for publishing. Fresh enqueues younger than
+    /// `fresh_grace` are left to the API that accepted them.
+    async fn take_due(&self, limit: usize, fresh_grace: Duration) -> Result<Box<dyn DueBatch>>;
+
+    /// Take the fleet-wide lock for `work`; None when another process holds it.
+    async fn try_lock(&self, work: Exclusive) -> Result<Option<Box<dyn LockGuard>>>;
+    /// The epoch marker last stored on the broker, if any.
+    async fn broker_epoch(&self) -> Result<Option<Uuid>>;
+    /// Remember the epoch marker just stored on the broker.
+    async fn set_broker_epoch(&self, epoch: Uuid) -> Result<()>;
+    /// Whether a due, queued task was published more than `age` ago and is still not claimed.
+    async fn stale_published_exists(&self, age: Duration) -> Result<bool>;
+    /// Make up to `limit` queued, published tasks unpublished again: those published more than
+    /// `age` ago, or all when None. Returns how many changed; call again until fewer than `limit`.
+    async fn unpublish_published(&self, age: Option<Duration>, limit: i64) -> Result<u64>;
+}
