@@ -8,12 +8,10 @@
 //! outbox): if the broker is down, or this process dies before publishing, the relay in the
 //! workers publishes the row later.
 
-use bgagent_shared::broker::Publisher;
-use bgagent_shared::db;
-use bgagent_shared::db::tasks::Inserted;
 use bgagent_shared::domain::NewTask;
 use bgagent_shared::gather::Gather;
-use sqlx::PgPool;
+use bgagent_shared::queue::TaskQueue;
+use bgagent_shared::store::{Inserted, TaskStore};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -59,8 +57,8 @@ impl Enqueuer {
     /// Start `loops` batch loops. They end once every handle is dropped and the queue drained.
     /// `answer_within` is the request timeout: every enqueue is answered truthfully before it.
     pub fn start(
-        db: PgPool,
-        publisher: Publisher,
+        store: Arc<dyn TaskStore>,
+        queue: Arc<dyn TaskQueue>,
         metrics: Arc<Metrics>,
         loops: usize,
         tasks_per_message: usize,
@@ -70,7 +68,7 @@ impl Enqueuer {
         let rx = Arc::new(Mutex::new(rx));
         let mut set = JoinSet::new();
         let (marks, marks_rx) = mpsc::channel(1024);
-        set.spawn(mark_loop(db.clone(), marks_rx));
+        set.spawn(mark_loop(store.clone(), marks_rx));
         // A short queue: when publishing falls behind, inserting slows down with it (back-pressure)
         // instead of piling up rows that the relay would then publish a second time.
         let (publish, publish_rx) = mpsc::channel(64);
@@ -78,7 +76,7 @@ impl Enqueuer {
         // Two publishers: one waits for its confirms while the other sends the next batch.
         for _ in 0..2 {
             set.spawn(publish_loop(
-                publisher.clone(),
+                queue.clone(),
                 metrics.clone(),
                 publish_rx.clone(),
                 marks.clone(),
@@ -87,7 +85,7 @@ impl Enqueuer {
         }
         for _ in 0..loops.max(1) {
             let pipeline = Pipeline {
-                db: db.clone(),
+                store: store.clone(),
                 metrics: metrics.clone(),
                 publish: publish.clone(),
             };
@@ -143,7 +141,7 @@ impl Enqueuer {
 }
 
 struct Pipeline {
-    db: PgPool,
+    store: Arc<dyn TaskStore>,
     metrics: Arc<Metrics>,
     publish: mpsc::Sender<Vec<uuid::Uuid>>,
 }
@@ -185,7 +183,7 @@ impl Pipeline {
         if tasks.is_empty() {
             return;
         }
-        let results = db::tasks::insert_each(&self.db, &tasks).await;
+        let results = self.store.insert_tasks(&tasks).await;
         let mut due = Vec::new();
         for ((reply, result), task) in replies.into_iter().zip(results).zip(&tasks) {
             let row = match result {
@@ -222,7 +220,7 @@ impl Pipeline {
 /// Publish committed tasks with confirms, several batches per pass, and queue the confirmed ids
 /// for marking.
 async fn publish_loop(
-    publisher: Publisher,
+    queue: Arc<dyn TaskQueue>,
     metrics: Arc<Metrics>,
     batches: Arc<Mutex<mpsc::Receiver<Vec<uuid::Uuid>>>>,
     marks: mpsc::Sender<Vec<uuid::Uuid>>,
@@ -237,7 +235,7 @@ async fn publish_loop(
             }
         }
         let due: Vec<uuid::Uuid> = taken.drain(..).flatten().collect();
-        let confirmed = match publisher.publish_tasks(&due, tasks_per_message).await {
+        let confirmed = match queue.publish(&due, tasks_per_message).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, tasks = due.len(), "publish failed; the relay will publish these tasks");
@@ -265,7 +263,7 @@ const MARK_DELAY: Duration = Duration::from_secs(1);
 /// Mark confirmed tasks published, [`MARK_DELAY`] after their confirm and many batches per
 /// statement. If a mark is lost (crash, database error) the relay publishes those rows again: a
 /// duplicate message, which the worker's claim turns into a no-op.
-async fn mark_loop(db: PgPool, mut marks: mpsc::Receiver<Vec<uuid::Uuid>>) {
+async fn mark_loop(store: Arc<dyn TaskStore>, mut marks: mpsc::Receiver<Vec<uuid::Uuid>>) {
     let mut waiting: VecDeque<(Instant, Vec<uuid::Uuid>)> = VecDeque::new();
     loop {
         let due_at = waiting
@@ -283,13 +281,13 @@ async fn mark_loop(db: PgPool, mut marks: mpsc::Receiver<Vec<uuid::Uuid>>) {
                     .take_while(|(confirmed, _)| *confirmed + MARK_DELAY <= now)
                     .count();
                 let ids: Vec<uuid::Uuid> = waiting.drain(..due).flat_map(|(_, ids)| ids).collect();
-                mark(&db, &ids).await;
+                mark(&*store, &ids).await;
             }
         }
     }
     // Shutting down: mark the rest now, so a restart does not republish them.
     let ids: Vec<uuid::Uuid> = waiting.into_iter().flat_map(|(_, ids)| ids).collect();
-    mark(&db, &ids).await;
+    mark(&*store, &ids).await;
 }
 
 async fn sleep_until_or_forever(deadline: Option<Instant>) {
@@ -299,11 +297,11 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
     }
 }
 
-async fn mark(db: &PgPool, ids: &[uuid::Uuid]) {
+async fn mark(store: &dyn TaskStore, ids: &[uuid::Uuid]) {
     if ids.is_empty() {
         return;
     }
-    if let Err(e) = db::tasks::mark_published(db, ids).await {
+    if let Err(e) = store.mark_published(ids).await {
         tracing::warn!(error = %e, tasks = ids.len(), "cannot mark tasks published; the relay will republish them");
     }
 }

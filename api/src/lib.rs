@@ -18,8 +18,8 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
-use bgagent_shared::broker::Publisher;
-use bgagent_shared::{Error, db};
+use bgagent_shared::Error;
+use bgagent_shared::engine::Engine;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,25 +72,38 @@ impl Api {
     /// RabbitMQ being down does not stop the start: enqueue keeps accepting tasks and `/ready`
     /// reports it.
     pub async fn build(config: &ApiConfig) -> Result<Self, Error> {
-        let api_key = config.resolved_api_key()?;
         let host = bgagent_shared::telemetry::hostname();
-        let db = db::pool(&config.database, &format!("bgagent-api@{host}"))?;
+        let engine = Engine::postgres_rabbitmq(
+            &config.database,
+            &config.broker,
+            &format!("bgagent-api@{host}"),
+            0,
+        )?;
+        Self::with_engine(config, engine).await
+    }
+
+    /// An API on `engine` (the embedded engine, or one shared with workers in the same
+    /// process). The database and broker settings of `config` are not used.
+    pub async fn with_engine(config: &ApiConfig, engine: Engine) -> Result<Self, Error> {
+        let api_key = config.resolved_api_key()?;
         if config.migrate {
-            db::migrate(&db).await?;
+            engine.store.migrate().await?;
         }
-        let publisher = Publisher::new(&config.broker, &format!("bgagent-api@{host}"))?;
-        if !publisher.ping(Duration::from_secs(3)).await {
+        if !engine.queue.ping(Duration::from_secs(3)).await {
             tracing::warn!(
-                "RabbitMQ unreachable at start; tasks stay unpublished until it returns"
+                queue = engine.queue.engine(),
+                "queue unreachable at start; tasks stay unpublished until it returns"
             );
         }
         let metrics = Arc::new(
-            metrics::Metrics::new(bgagent_shared::labels::AgentLabels::new(db.clone()))
-                .map_err(|e| Error::Config(format!("metrics: {e}")))?,
+            metrics::Metrics::new(bgagent_shared::labels::AgentLabels::new(
+                engine.store.clone(),
+            ))
+            .map_err(|e| Error::Config(format!("metrics: {e}")))?,
         );
         let (enqueuer, enqueue_loops) = enqueue::Enqueuer::start(
-            db.clone(),
-            publisher.clone(),
+            engine.store.clone(),
+            engine.queue.clone(),
             metrics.clone(),
             config.enqueue_loops,
             usize::from(config.tasks_per_message),
@@ -105,8 +118,8 @@ impl Api {
         Ok(Self {
             listener,
             state: AppState::new(AppContext {
-                db,
-                publisher,
+                store: engine.store,
+                queue: engine.queue,
                 enqueuer,
                 metrics,
                 api_key,

@@ -35,7 +35,6 @@ use crate::extract::{parse_task_id, parse_value, require_json_content_type};
 use crate::routes::agents::AgentList;
 use crate::routes::tasks::{self, ListTasksQuery};
 use crate::state::AppState;
-use bgagent_shared::db;
 use bgagent_shared::domain::{EnqueueRequest, NewTask};
 
 /// The `/mcp` service. Stateless (no MCP session is kept between requests), so any API replica
@@ -286,7 +285,7 @@ impl McpServer {
         let NoArgs {} = parse_args(args)?;
         let result: Result<_, ApiError> = async {
             Ok(AgentList {
-                agents: db::agents::list(&self.state.db).await?,
+                agents: self.state.store.agents().await?,
             })
         }
         .await;

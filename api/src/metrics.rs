@@ -5,7 +5,6 @@ use axum::http::Method;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bgagent_shared::db;
 use bgagent_shared::labels::AgentLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -166,18 +165,18 @@ pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
 async fn sample_system_gauges(state: &AppState) {
     let timeout = Duration::from_secs(1);
     let (depths, paused, live) = tokio::join!(
-        tokio::time::timeout(timeout, state.publisher.queue_depths()),
-        tokio::time::timeout(timeout, db::control::paused(&state.db)),
-        tokio::time::timeout(timeout, db::workers::count_live(&state.db)),
+        tokio::time::timeout(timeout, state.queue.depths()),
+        tokio::time::timeout(timeout, state.store.paused()),
+        tokio::time::timeout(timeout, state.store.live_workers()),
     );
     let m = &state.metrics;
-    if let Ok(Ok((tasks, dead))) = depths {
+    if let Ok(Ok(depths)) = depths {
         m.queue_messages
             .with_label_values(&["tasks"])
-            .set(i64::from(tasks));
+            .set(i64::from(depths.ready));
         m.queue_messages
             .with_label_values(&["dead"])
-            .set(i64::from(dead));
+            .set(i64::from(depths.dead));
     }
     if let Ok(Ok(paused)) = paused {
         m.fleet_paused.set(i64::from(paused));

@@ -1,8 +1,8 @@
 //! Shared state of the HTTP handlers.
 
-use bgagent_shared::broker::Publisher;
+use bgagent_shared::queue::TaskQueue;
+use bgagent_shared::store::TaskStore;
 use secrecy::SecretString;
-use sqlx::PgPool;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -16,10 +16,10 @@ pub struct AppState(Arc<AppContext>);
 
 /// The contents of [`AppState`].
 pub struct AppContext {
-    /// PostgreSQL pool.
-    pub db: PgPool,
-    /// Broker publisher.
-    pub publisher: Publisher,
+    /// Rows.
+    pub store: Arc<dyn TaskStore>,
+    /// Messages.
+    pub queue: Arc<dyn TaskQueue>,
     /// Group-commit enqueue pipeline.
     pub enqueuer: Enqueuer,
     /// Metrics registry.

@@ -17,12 +17,15 @@ pub enum Error {
     /// PostgreSQL could not be reached (connection refused, pool timeout, I/O).
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(String),
-    /// Any other PostgreSQL error.
+    /// Any other database error (the driver's error is kept as the source).
     #[error("database error: {0}")]
-    Database(sqlx::Error),
+    Database(#[source] BoxError),
     /// A migration failed.
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] BoxError),
+    /// A stored row breaks the schema's rules (written outside the API).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
     /// RabbitMQ could not be reached or refused an operation.
     #[error("broker unavailable: {0}")]
     Broker(String),
@@ -69,8 +72,14 @@ impl From<sqlx::Error> for Error {
             {
                 Self::DatabaseUnavailable(err.to_string())
             }
-            other => Self::Database(other),
+            other => Self::Database(Box::new(other)),
         }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(Box::new(err))
     }
 }
 
@@ -79,6 +88,9 @@ impl From<lapin::Error> for Error {
         Self::Broker(err.to_string())
     }
 }
+
+/// A driver's error, kept as the source without naming its type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Result with the shared [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

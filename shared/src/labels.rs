@@ -6,12 +6,11 @@
 //! [`OTHER_AGENTS`]. The registered names come from the `agents` table, read again at most every
 //! [`REFRESH`] in the background, so the hot paths (enqueue, run, record) never wait for a query.
 
-use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::db;
+use crate::store::TaskStore;
 
 /// The label value of every agent that is neither built in nor registered. Agent names cannot
 /// start with `_`, so it never collides with a real name.
@@ -43,16 +42,16 @@ struct State {
 /// Picks the `agent` label of a name; cheap to clone (one shared set).
 #[derive(Clone, Default)]
 pub struct AgentLabels {
-    db: Option<PgPool>,
+    store: Option<Arc<dyn TaskStore>>,
     state: Arc<Mutex<State>>,
 }
 
 impl AgentLabels {
-    /// Labels knowing the agents registered in `db`; the first load starts now (in the
+    /// Labels knowing the agents registered in `store`; the first load starts now (in the
     /// background, when called inside a Tokio runtime).
-    pub fn new(db: PgPool) -> Self {
+    pub fn new(store: Arc<dyn TaskStore>) -> Self {
         let labels = Self {
-            db: Some(db),
+            store: Some(store),
             state: Arc::default(),
         };
         labels.refresh_if_stale();
@@ -96,7 +95,9 @@ impl AgentLabels {
 
     /// Start a background load when the set is older than [`REFRESH`] and none is running.
     fn refresh_if_stale(&self) {
-        let Some(db) = &self.db else { return };
+        let Some(store) = &self.store else {
+            return;
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -110,11 +111,11 @@ impl AgentLabels {
             state.loading = true;
             state.loaded_at = Some(Instant::now());
         }
-        let db = db.clone();
+        let store = store.clone();
         let guard = Loading(self.state.clone());
         runtime.spawn(async move {
             let limit = i64::try_from(MAX_NAMED_AGENTS).unwrap_or(i64::MAX);
-            match db::agents::names(&db, limit).await {
+            match store.agent_names(limit).await {
                 Ok(names) => guard.finish(names),
                 // Keep the names known so far; the next label after REFRESH tries again.
                 Err(e) => tracing::debug!(error = %e, "cannot load registered agent names"),

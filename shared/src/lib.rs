@@ -1,14 +1,15 @@
 //! Code shared by the Background Agent API, workers and CLI: configuration pieces, domain types,
-//! PostgreSQL access (`db`), RabbitMQ topology and publishing (`broker`) and telemetry.
+//! the task store ([`store`]) and task queue ([`queue`]) seams with their two engines, and
+//! telemetry.
 //!
-//! The API and workers reach PostgreSQL only through [`db`] and RabbitMQ only through [`broker`],
-//! so those two seams stay narrow.
+//! The API and workers reach rows only through [`store::TaskStore`] and messages only through
+//! [`queue::TaskQueue`]; [`engine::Engine`] holds one of each.
 
-pub mod broker;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod egress;
+pub mod engine;
 pub mod error;
 pub mod gather;
 pub mod labels;

@@ -112,8 +112,8 @@ fn random_key() -> String {
 /// exchanges and queues.
 pub async fn teardown(database_url: &str, broker: &BrokerConfig) -> anyhow::Result<()> {
     let topology =
-        bgagent_shared::broker::Topology::new(&broker.broker_prefix, broker.delivery_limit);
-    let conn = bgagent_shared::broker::connect(broker.url()?, "bgagent-teardown").await?;
+        bgagent_shared::queue::rabbit::Topology::new(&broker.broker_prefix, broker.delivery_limit);
+    let conn = bgagent_shared::queue::rabbit::connect(broker.url()?, "bgagent-teardown").await?;
     let channel = conn.create_channel().await?;
     for queue in topology.queues() {
         channel

@@ -394,7 +394,8 @@ impl Rabbit {
             }
             if port_open(self.port)
                 && let Ok(conn) =
-                    bgagent_shared::broker::connect(&self.url(), "bgagent-faults-probe").await
+                    bgagent_shared::queue::rabbit::connect(&self.url(), "bgagent-faults-probe")
+                        .await
             {
                 let _ = conn.close(200, "probe".into()).await;
                 return Ok(started.elapsed());

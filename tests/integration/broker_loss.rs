@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::{TestApi, TestEnv};
-use bgagent_shared::broker::{self, Publisher};
 use bgagent_shared::config::BrokerConfig;
+use bgagent_shared::queue::rabbit::{self as broker, Publisher};
 use bgagent_worker::{Worker, WorkerConfig, WorkerOptions};
 use lapin::options::{QueueDeleteOptions, QueuePurgeOptions};
 use serde_json::json;

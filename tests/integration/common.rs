@@ -378,7 +378,7 @@ impl TestEnv {
     }
 
     pub async fn amqp(&self) -> lapin::Connection {
-        bgagent_shared::broker::connect(&self.amqp_url, "bgagent-test")
+        bgagent_shared::queue::rabbit::connect(&self.amqp_url, "bgagent-test")
             .await
             .expect("connect to RabbitMQ")
     }
@@ -411,8 +411,8 @@ impl TestEnv {
         (conn, ch, name)
     }
 
-    pub fn topology(&self) -> bgagent_shared::broker::Topology {
-        bgagent_shared::broker::Topology::new(&self.prefix, 20)
+    pub fn topology(&self) -> bgagent_shared::queue::rabbit::Topology {
+        bgagent_shared::queue::rabbit::Topology::new(&self.prefix, 20)
     }
 }
 
@@ -443,7 +443,7 @@ impl Drop for TestEnv {
                     eprintln!("cleanup: cannot drop {database_url}: {e}");
                 }
                 if let Ok(conn) =
-                    bgagent_shared::broker::connect(&amqp_url, "bgagent-test-cleanup").await
+                    bgagent_shared::queue::rabbit::connect(&amqp_url, "bgagent-test-cleanup").await
                     && let Ok(ch) = conn.create_channel().await
                 {
                     for q in topology.queues() {

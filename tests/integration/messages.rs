@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::TestEnv;
-use bgagent_shared::broker::Publisher;
+use bgagent_shared::queue::rabbit::Publisher;
 use bgagent_worker::WorkerOptions;
 use serde_json::json;
 use std::time::Duration;

@@ -325,7 +325,8 @@ async fn a_hand_back_does_not_spend_the_delivery_budget() {
 
     // Wait until the worker holds the second message (the queue has nothing ready), then pause.
     let publisher =
-        bgagent_shared::broker::Publisher::new(&env.broker_config(), "bgagent-test").unwrap();
+        bgagent_shared::queue::rabbit::Publisher::new(&env.broker_config(), "bgagent-test")
+            .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while publisher.queue_depths().await.unwrap().0 > 0 {
         assert!(tokio::time::Instant::now() < deadline, "never delivered");

@@ -4,7 +4,9 @@
 //! relay publishes them again. Duplicates are harmless: the claim drops a message for a task
 //! that is no longer queued.
 //!
-//! Two checks, one worker at a time (a PostgreSQL advisory lock):
+//! Two checks, one worker at a time (the store's fleet-wide lock, an advisory lock on
+//! PostgreSQL). Only for a queue that can lose messages behind the store's back: the in-process
+//! queue is rebuilt from the rows and has nothing to check.
 //!
 //! - **Epoch marker.** The `<prefix>.epoch` queue holds one persistent marker message a worker
 //!   wrote, its id also stored in PostgreSQL (`control.broker_epoch`). Missing while the
@@ -23,7 +25,8 @@
 //!   database: a message may carry several tasks (`BGAGENT_TASKS_PER_MESSAGE`), so message and
 //!   task counts do not match.
 
-use bgagent_shared::db;
+use bgagent_shared::queue::LossDetection;
+use bgagent_shared::store::Exclusive;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -65,15 +68,28 @@ pub(crate) async fn check_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// One check; returns how many tasks it made unpublished.
 async fn check_once(shared: &Shared, streak: &mut u32) -> bgagent_shared::Result<u64> {
-    let mut lock = shared.db.begin().await?;
-    if !db::runs::try_lock_broker_check(&mut lock).await? {
+    let Some(markers) = shared.queue.loss_detection() else {
         return Ok(0);
-    }
-    let stale_secs = 2.0 * shared.options.broker_check_secs.max(1) as f64;
-    let republished = if shared.publisher.epoch_markers().await? == 0 {
+    };
+    let Some(lock) = shared.store.try_lock(Exclusive::BrokerCheck).await? else {
+        return Ok(0);
+    };
+    let republished = check_locked(shared, markers, streak).await?;
+    lock.release().await?;
+    shared.metrics.republished.inc_by(republished);
+    Ok(republished)
+}
+
+async fn check_locked(
+    shared: &Shared,
+    markers: &dyn LossDetection,
+    streak: &mut u32,
+) -> bgagent_shared::Result<u64> {
+    let stale = 2 * Duration::from_secs(shared.options.broker_check_secs.max(1));
+    if markers.epoch_markers().await? == 0 {
         *streak = 0;
         // No epoch recorded: the first start against this database, nothing was lost.
-        let lost = db::runs::broker_epoch(&mut *lock).await?.is_some();
+        let lost = shared.store.broker_epoch().await?.is_some();
         let count = if lost {
             unpublish(shared, None).await?
         } else {
@@ -82,11 +98,8 @@ async fn check_once(shared: &Shared, streak: &mut u32) -> bgagent_shared::Result
         // Written after the tasks are unpublished, so a worker dying midway leaves the marker
         // missing and the next check redoes it.
         let epoch = Uuid::now_v7();
-        shared
-            .publisher
-            .write_epoch_marker(&epoch.to_string())
-            .await?;
-        db::runs::set_broker_epoch(&mut *lock, epoch).await?;
+        markers.write_epoch_marker(&epoch.to_string()).await?;
+        shared.store.set_broker_epoch(epoch).await?;
         if lost {
             tracing::warn!(
                 republished = count,
@@ -96,36 +109,34 @@ async fn check_once(shared: &Shared, streak: &mut u32) -> bgagent_shared::Result
         } else {
             tracing::info!(%epoch, "first epoch marker stored on the broker");
         }
-        count
-    } else {
-        let (ready, _) = shared.publisher.queue_depths().await?;
-        let suspect =
-            ready == 0 && db::runs::stale_published_exists(&shared.db, stale_secs).await?;
-        *streak = if suspect { *streak + 1 } else { 0 };
-        if *streak < 2 {
-            0
-        } else {
-            *streak = 0;
-            let count = unpublish(shared, Some(stale_secs)).await?;
-            tracing::warn!(
-                republished = count,
-                "the tasks queue is empty while tasks published over {stale_secs} s ago are \
-                 still queued (purged or deleted queue?): publishing them again"
-            );
-            count
-        }
-    };
-    lock.commit().await?;
-    shared.metrics.republished.inc_by(republished);
-    Ok(republished)
+        return Ok(count);
+    }
+    let ready = shared.queue.depths().await?.ready;
+    let suspect = ready == 0 && shared.store.stale_published_exists(stale).await?;
+    *streak = if suspect { *streak + 1 } else { 0 };
+    if *streak < 2 {
+        return Ok(0);
+    }
+    *streak = 0;
+    let count = unpublish(shared, Some(stale)).await?;
+    tracing::warn!(
+        republished = count,
+        stale_secs = stale.as_secs(),
+        "the tasks queue is empty while tasks published long ago are still queued (purged or \
+         deleted queue?): publishing them again"
+    );
+    Ok(count)
 }
 
-/// Make unpublished, in batches, the queued tasks published more than `stale_secs` ago (all of
-/// them when None).
-async fn unpublish(shared: &Shared, stale_secs: Option<f64>) -> bgagent_shared::Result<u64> {
+/// Make unpublished, in batches, the queued tasks published more than `stale` ago (all of them
+/// when None).
+async fn unpublish(shared: &Shared, stale: Option<Duration>) -> bgagent_shared::Result<u64> {
     let mut total = 0;
     loop {
-        let count = db::runs::unpublish_published(&shared.db, stale_secs, UNPUBLISH_BATCH).await?;
+        let count = shared
+            .store
+            .unpublish_published(stale, UNPUBLISH_BATCH)
+            .await?;
         total += count;
         if count < UNPUBLISH_BATCH as u64 {
             return Ok(total);

@@ -6,12 +6,10 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bgagent_shared::broker::Publisher;
-
-use crate::acks::{self, Pending};
+use bgagent_shared::queue::{self, Receipt, TaskQueue};
 
 /// One task's share of a delivery.
-pub(crate) struct TaskDelivery<P = Pending> {
+pub(crate) struct TaskDelivery<P = Receipt> {
     shared: Arc<Shared<P>>,
 }
 
@@ -23,7 +21,7 @@ struct Shared<P> {
 
 /// What to do with a delivery whose tasks are all done with.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Settle<P = Pending> {
+pub(crate) enum Settle<P = Receipt> {
     Ack(P),
     Requeue(P),
 }
@@ -73,23 +71,21 @@ impl<P> TaskDelivery<P> {
     }
 }
 
-/// Send the settles: acks coalesced per channel, hand-backs together.
+/// Send the settles to the queue, all together.
 pub(crate) async fn settle(
-    publisher: &Publisher,
+    queue: &dyn TaskQueue,
     settles: impl IntoIterator<Item = Option<Settle>>,
 ) {
-    let (mut ack, mut requeue) = (Vec::new(), Vec::new());
-    for settle in settles.into_iter().flatten() {
-        match settle {
-            Settle::Ack(p) => ack.push(p),
-            Settle::Requeue(p) => requeue.push(p),
-        }
-    }
-    if !requeue.is_empty() {
-        acks::hand_back(publisher, requeue).await;
-    }
-    if !ack.is_empty() {
-        acks::ack(ack).await;
+    let settles: Vec<queue::Settle> = settles
+        .into_iter()
+        .flatten()
+        .map(|settle| match settle {
+            Settle::Ack(receipt) => queue::Settle::Ack(receipt),
+            Settle::Requeue(receipt) => queue::Settle::HandBack(receipt),
+        })
+        .collect();
+    if !settles.is_empty() {
+        queue.settle(settles).await;
     }
 }
 

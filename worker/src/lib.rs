@@ -7,21 +7,26 @@
 //! token fires, then drains: in-flight tasks get `BGAGENT_SHUTDOWN_GRACE_SECS` to finish and the
 //! rest are handed back to the queue, so a clean stop leaves nothing `running`.
 
-mod acks;
 pub mod backoff;
 mod broker_loss;
+mod claim;
 pub mod config;
+mod dead_letters;
 mod delivery;
+mod events;
+mod execute;
 pub mod executor;
-mod maintenance;
+mod heartbeat;
 pub mod metrics;
-mod pipeline;
-mod session;
+mod reaper;
+mod record;
+mod relay;
 mod state;
 
-use bgagent_shared::broker::{Publisher, Topology};
+use bgagent_shared::Error;
+use bgagent_shared::engine::Engine;
 use bgagent_shared::labels::AgentLabels;
-use bgagent_shared::{Error, db};
+use bgagent_shared::queue::ConsumerSpec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64};
@@ -70,18 +75,36 @@ const RECORD_LOOPS: usize = 1;
 pub struct Worker {
     shared: Arc<Shared>,
     metrics_listener: Option<tokio::net::TcpListener>,
-    dead_copies: mpsc::Receiver<pipeline::DeadCopy>,
+    dead_copies: mpsc::Receiver<bgagent_shared::queue::DeadCopy>,
 }
 
 impl Worker {
-    /// Validate the configuration, prepare clients and bind the metrics port. Connects nothing
-    /// yet: the worker starts while PostgreSQL or RabbitMQ are down and waits for them.
+    /// Validate the configuration, prepare clients and bind the metrics port, on PostgreSQL and
+    /// RabbitMQ. Connects nothing yet: the worker starts while either is down and waits for it.
     pub async fn build(config: &WorkerConfig) -> Result<Self, Error> {
+        let id = config
+            .options
+            .worker_id
+            .clone()
+            .unwrap_or_else(default_worker_id);
+        let engine = Engine::postgres_rabbitmq(
+            &config.database,
+            &config.broker,
+            &format!("bgagent-worker@{id}"),
+            config.options.amqp_heartbeat_secs,
+        )?;
+        Self::with_engine(config, engine, id).await
+    }
+
+    /// A worker on `engine` (the embedded engine, or one shared with an API in the same process),
+    /// with the id `id`. The database and broker settings of `config` are not used.
+    pub async fn with_engine(
+        config: &WorkerConfig,
+        engine: Engine,
+        id: String,
+    ) -> Result<Self, Error> {
         let options = config.options.clone();
         options.validate()?;
-        let id = options.worker_id.clone().unwrap_or_else(default_worker_id);
-        let db = db::pool(&config.database, &format!("bgagent-worker@{id}"))?;
-        let publisher = Publisher::new(&config.broker, &format!("bgagent-worker@{id}/publish"))?;
         let egress = config.egress.policy();
         let gateway = match &options.omni_gateway_url {
             Some(url) => Some(executor::http::Gateway::new(
@@ -92,7 +115,7 @@ impl Worker {
             None => None,
         };
         let http = HttpExecutor::new(gateway, options.result_max_bytes, egress)?;
-        let agent_labels = AgentLabels::new(db.clone());
+        let agent_labels = AgentLabels::new(engine.store.clone());
         let metrics = Arc::new(
             metrics::WorkerMetrics::new(agent_labels.clone())
                 .map_err(|e| Error::Config(format!("metrics: {e}")))?,
@@ -111,16 +134,14 @@ impl Worker {
             max: Duration::from_secs(options.retry_max_secs.max(1)),
         };
         let (paused, _) = watch::channel(false);
-        let (dead_copies_tx, dead_copies) = mpsc::channel(DEAD_COPY_BACKLOG);
+        let (dead_copies_tx, dead_copies) = mpsc::channel(dead_letters::BACKLOG);
         let shared = Shared {
             id,
-            amqp_url: session::with_heartbeat(config.broker.url()?, options.amqp_heartbeat_secs),
-            topology: Topology::new(&config.broker.broker_prefix, config.broker.delivery_limit),
-            executors: Executors::new(http, AgentRegistry::new(db.clone()), agent_labels),
+            executors: Executors::new(http, AgentRegistry::new(engine.store.clone()), agent_labels),
             permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
             options,
-            db,
-            publisher,
+            store: engine.store,
+            queue: engine.queue,
             metrics,
             backoff,
             running: Default::default(),
@@ -164,7 +185,7 @@ impl Worker {
             return Ok(());
         }
         // Adopt the stored paused state before consuming anything.
-        maintenance::reconcile_paused(&shared).await;
+        heartbeat::reconcile_paused(&shared).await;
         tracing::info!(worker_id = %shared.id, paused = shared.is_paused(), "worker started");
 
         let prefetch = usize::from(shared.options.prefetch.max(1));
@@ -174,19 +195,18 @@ impl Worker {
         let abandon = CancellationToken::new();
 
         // Heartbeats (and lease renewal) continue through the drain, until the very end.
-        let heartbeat = tokio::spawn(maintenance::heartbeat_loop(
-            shared.clone(),
-            finished.clone(),
-        ));
-        let relay = tokio::spawn(maintenance::relay_loop(shared.clone(), shutdown.clone()));
-        let reaper = tokio::spawn(maintenance::reaper_loop(shared.clone(), shutdown.clone()));
-        let dead_copies = tokio::spawn(pipeline::dead_copy_loop(
+        let heartbeat = tokio::spawn(heartbeat::heartbeat_loop(shared.clone(), finished.clone()));
+        let relay = tokio::spawn(relay::relay_loop(shared.clone(), shutdown.clone()));
+        let reaper = tokio::spawn(reaper::reaper_loop(shared.clone(), shutdown.clone()));
+        let dead_copies = tokio::spawn(dead_letters::dead_copy_loop(
             shared.clone(),
             self.dead_copies,
             finished.clone(),
         ));
         let broker_check = tokio::spawn(broker_loss::check_loop(shared.clone(), shutdown.clone()));
-        let claims = tokio::spawn(pipeline::claim_loop(
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
+        let events = tokio::spawn(events::event_loop(shared.clone(), events_rx));
+        let claims = tokio::spawn(claim::claim_loop(
             shared.clone(),
             deliveries_rx,
             records_tx,
@@ -196,14 +216,25 @@ impl Worker {
         let records_rx = Arc::new(tokio::sync::Mutex::new(records_rx));
         let mut records = tokio::task::JoinSet::new();
         for _ in 0..RECORD_LOOPS {
-            records.spawn(pipeline::record_loop(
+            records.spawn(record::record_loop(
                 shared.clone(),
                 records_rx.clone(),
                 abandon.clone(),
             ));
         }
 
-        let connection = session::run(shared.clone(), deliveries_tx, shutdown.clone()).await;
+        let session = shared
+            .queue
+            .consume(ConsumerSpec {
+                worker_id: shared.id.clone(),
+                prefetch: shared.options.prefetch,
+                paused: shared.paused.subscribe(),
+                deliveries: deliveries_tx,
+                events: events_tx,
+                stopping: shutdown.clone(),
+                connected: shared.connected.clone(),
+            })
+            .await;
 
         // Draining: no consumer any more; unclaimed deliveries were handed back.
         tracing::info!(worker_id = %shared.id, in_flight = shared.metrics.in_flight.get(), "draining");
@@ -228,25 +259,26 @@ impl Worker {
         while records.join_next().await.is_some() {}
         deadline.abort();
         // Every remaining step is bounded, so a stop always ends even if a dependency hangs.
-        for task in [relay, reaper, broker_check] {
+        for task in [relay, reaper, broker_check, events] {
             bounded_join(task).await;
         }
         finished.cancel();
         bounded_join(heartbeat).await;
         bounded_join(dead_copies).await;
-        if let Err(e) = db::workers::mark_stopped(&shared.db, &shared.id).await {
+        if let Err(e) = shared.store.mark_worker_stopped(&shared.id).await {
             tracing::warn!(error = %e, "cannot mark the worker stopped");
         }
-        if let Some(conn) = connection {
-            let _ = tokio::time::timeout(STOP_STEP, conn.close(200, "worker stopped".into())).await;
+        if let Some(session) = session {
+            let _ = tokio::time::timeout(STOP_STEP, session.close()).await;
         }
         tracing::info!(worker_id = %shared.id, "worker stopped");
         Ok(())
     }
 }
 
-/// Dead-queue copies that may wait for the broker before new ones are dropped.
-const DEAD_COPY_BACKLOG: usize = 4096;
+/// Queue events waiting for the worker (control messages are few; dead-letter events are
+/// bounded by the queue's own prefetch).
+const EVENT_BACKLOG: usize = 256;
 
 /// Longest wait for one step of the final shutdown.
 const STOP_STEP: Duration = Duration::from_secs(10);
@@ -264,13 +296,14 @@ async fn bounded_join(task: tokio::task::JoinHandle<()>) {
 async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(250);
     loop {
-        match db::workers::register(
-            &shared.db,
-            &shared.id,
-            &bgagent_shared::telemetry::hostname(),
-            env!("CARGO_PKG_VERSION"),
-        )
-        .await
+        match shared
+            .store
+            .register_worker(
+                &shared.id,
+                &bgagent_shared::telemetry::hostname(),
+                env!("CARGO_PKG_VERSION"),
+            )
+            .await
         {
             Ok(()) => return true,
             Err(e) => tracing::warn!(error = %e, "cannot register the worker; retrying"),

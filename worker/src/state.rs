@@ -1,7 +1,7 @@
 //! State shared by a worker's loops.
 
-use bgagent_shared::broker::{Publisher, Topology};
-use sqlx::PgPool;
+use bgagent_shared::queue::{DeadCopy, TaskQueue};
+use bgagent_shared::store::TaskStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
@@ -14,14 +14,15 @@ use crate::config::WorkerOptions;
 use crate::executor::Executors;
 use crate::metrics::WorkerMetrics;
 
+/// Times a loop retries an item the store refuses (not an outage) before giving up on it.
+pub(crate) const MAX_REFUSALS: u32 = 3;
+
 /// Everything the loops of one worker share.
 pub(crate) struct Shared {
     pub id: String,
     pub options: WorkerOptions,
-    pub amqp_url: String,
-    pub topology: Topology,
-    pub db: PgPool,
-    pub publisher: Publisher,
+    pub store: Arc<dyn TaskStore>,
+    pub queue: Arc<dyn TaskQueue>,
     pub executors: Executors,
     pub metrics: Arc<WorkerMetrics>,
     pub backoff: Backoff,
@@ -38,11 +39,11 @@ pub(crate) struct Shared {
     pub interrupt: CancellationToken,
     /// Bounds the tasks running at once.
     pub permits: Arc<Semaphore>,
-    /// Copies of failed tasks waiting to be published to the dead queue.
-    pub dead_copies: mpsc::Sender<crate::pipeline::DeadCopy>,
-    /// True while a broker session is up (`/ready`).
+    /// Copies of failed tasks waiting to be published to the dead letters.
+    pub dead_copies: mpsc::Sender<DeadCopy>,
+    /// True while a queue session is up (`/ready`).
     pub connected: Arc<AtomicBool>,
-    /// Wakes the broker-loss check (a new broker session opened).
+    /// Wakes the broker-loss check (a new queue session opened).
     pub broker_check: tokio::sync::Notify,
 }
 
@@ -107,5 +108,11 @@ impl Shared {
             }
             None => false,
         }
+    }
+
+    /// Log and count an item a loop stops retrying.
+    pub fn give_up(&self, what: &'static str, error: &bgagent_shared::Error) {
+        self.metrics.gave_up.with_label_values(&[what]).inc();
+        tracing::error!(what, error = %error, "giving up on an item the store keeps refusing");
     }
 }

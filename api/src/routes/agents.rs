@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bgagent_shared::db;
 use bgagent_shared::domain::{Agent, parse_agent_name, parse_endpoint, parse_meta};
 use bgagent_shared::egress;
 use serde::{Deserialize, Serialize};
@@ -89,7 +88,10 @@ pub async fn register(
     let endpoint = parse_endpoint(&req.endpoint)?;
     egress::check_endpoint(&state.egress, "endpoint", &endpoint)?;
     let meta = parse_meta(req.meta)?;
-    let agent = db::agents::upsert(&state.db, &name, endpoint.as_str(), &meta).await?;
+    let agent = state
+        .store
+        .upsert_agent(&name, endpoint.as_str(), &meta)
+        .await?;
     state.metrics.agents.registered(&name);
     tracing::info!(agent = %name, "agent registered");
     Ok(Json(agent))
@@ -105,7 +107,7 @@ pub async fn unregister(
     ApiJson(req): ApiJson<UnregisterRequest>,
 ) -> ApiResult<Json<Unregistered>> {
     let name = parse_agent_name("name", &req.name)?;
-    if !db::agents::delete(&state.db, &name).await? {
+    if !state.store.delete_agent(&name).await? {
         return Err(ApiError::NotFound(format!("no agent {name:?}")));
     }
     state.metrics.agents.unregistered(&name);
@@ -121,6 +123,6 @@ pub async fn unregister(
     responses((status = 200, body = AgentList)), security(("api_key" = [])))]
 pub async fn list_agents(State(state): State<AppState>) -> ApiResult<Json<AgentList>> {
     Ok(Json(AgentList {
-        agents: db::agents::list(&state.db).await?,
+        agents: state.store.agents().await?,
     }))
 }

@@ -3,8 +3,7 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use bgagent_shared::broker::ControlMessage;
-use bgagent_shared::db;
+use bgagent_shared::queue::ControlMessage;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -47,13 +46,13 @@ pub async fn start(State(state): State<AppState>) -> ApiResult<Json<PausedState>
 async fn set_paused(state: &AppState, paused: bool) -> ApiResult<Json<PausedState>> {
     // Store first: the stored state is what workers reconcile with, the message only makes the
     // change immediate.
-    let paused = db::control::set_paused(&state.db, paused, "api").await?;
+    let paused = state.store.set_paused(paused, "api").await?;
     let message = if paused {
         ControlMessage::Stop
     } else {
         ControlMessage::Start
     };
-    let broadcast = match state.publisher.publish_control(&message).await {
+    let broadcast = match state.queue.broadcast(&message).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, paused, "control message not published; workers will reconcile");

@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use bgagent_shared::db;
 use serde::Serialize;
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -46,12 +45,12 @@ pub struct Ready {
 
 async fn gather(state: &AppState) -> Health {
     let (db_ok, broker_ok) = tokio::join!(
-        db::ping(&state.db, CHECK_TIMEOUT),
-        state.publisher.ping(CHECK_TIMEOUT)
+        state.store.ping(CHECK_TIMEOUT),
+        state.queue.ping(CHECK_TIMEOUT)
     );
     let (paused, workers) = if db_ok {
-        let paused = tokio::time::timeout(CHECK_TIMEOUT, db::control::paused(&state.db));
-        let workers = tokio::time::timeout(CHECK_TIMEOUT, db::workers::count_live(&state.db));
+        let paused = tokio::time::timeout(CHECK_TIMEOUT, state.store.paused());
+        let workers = tokio::time::timeout(CHECK_TIMEOUT, state.store.live_workers());
         let (paused, workers) = tokio::join!(paused, workers);
         (
             paused.ok().and_then(Result::ok),
@@ -84,7 +83,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 pub async fn ready(
     State(state): State<AppState>,
 ) -> Result<Json<Ready>, (StatusCode, Json<ErrorBody>)> {
-    if db::ping(&state.db, CHECK_TIMEOUT).await {
+    if state.store.ping(CHECK_TIMEOUT).await {
         return Ok(Json(Ready { ready: true }));
     }
     let body = ErrorBody {

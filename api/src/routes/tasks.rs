@@ -5,10 +5,9 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use bgagent_shared::broker::ControlMessage;
-use bgagent_shared::db;
-use bgagent_shared::db::tasks::{CancelOutcome, TaskFilter};
 use bgagent_shared::domain::{Attempt, EnqueueRequest, NewTask, Task, TaskStatus};
+use bgagent_shared::queue::ControlMessage;
+use bgagent_shared::store::{CancelOutcome, TaskFilter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -132,7 +131,7 @@ pub async fn task_page(state: &AppState, query: ListTasksQuery) -> ApiResult<Tas
         before,
         limit: limit + 1,
     };
-    let mut tasks = db::tasks::list(&state.db, &filter).await?;
+    let mut tasks = state.store.tasks(&filter).await?;
     let next_cursor = page_cursor(&mut tasks, limit, |t| t.id.to_string());
     Ok(TaskPage { tasks, next_cursor })
 }
@@ -165,7 +164,9 @@ pub async fn get_task(
 
 /// One task, or 404 (`GET /tasks/{id}` and the MCP `get_task` tool).
 pub async fn find_task(state: &AppState, id: Uuid) -> ApiResult<Task> {
-    db::tasks::get(&state.db, id)
+    state
+        .store
+        .task(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
 }
@@ -192,7 +193,7 @@ pub async fn cancel_task(
 /// Cancel a task (`POST /tasks/{id}/cancel` and the MCP `cancel_task` tool): 200 with the
 /// cancelled task when it was queued, 202 when its worker was asked to stop it.
 pub async fn cancel(state: &AppState, id: Uuid) -> ApiResult<(StatusCode, Task)> {
-    match db::tasks::cancel(&state.db, id).await? {
+    match state.store.cancel(id).await? {
         CancelOutcome::Cancelled(task) => {
             tracing::info!(task_id = %id, agent = %task.agent, "cancelled queued task");
             Ok((StatusCode::OK, task))
@@ -204,7 +205,7 @@ pub async fn cancel(state: &AppState, id: Uuid) -> ApiResult<(StatusCode, Task)>
             };
             // The stored cancel_requested flag is the source of truth: a worker that misses this
             // message still records `cancelled` when the attempt ends.
-            if let Err(e) = state.publisher.publish_control(&message).await {
+            if let Err(e) = state.queue.broadcast(&message).await {
                 tracing::warn!(task_id = %id, error = %e, "cancel message not delivered; the worker will see the flag");
             }
             tracing::info!(task_id = %id, agent = %task.agent, "cancel requested for running task");
@@ -259,7 +260,7 @@ pub async fn list_processed(
                 .map_err(|_| ApiError::BadRequest("bad cursor: use next_cursor as given".into()))
         })
         .transpose()?;
-    let mut processed = db::tasks::list_attempts(&state.db, before, limit + 1).await?;
+    let mut processed = state.store.attempts(before, limit + 1).await?;
     let next_cursor = page_cursor(&mut processed, limit, |a| a.id.to_string());
     Ok(Json(AttemptPage {
         processed,

@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use bgagent_shared::db;
 use bgagent_shared::domain::WorkerInfo;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -28,6 +27,6 @@ pub struct WorkerList {
     responses((status = 200, body = WorkerList)), security(("api_key" = [])))]
 pub async fn list_workers(State(state): State<AppState>) -> ApiResult<Json<WorkerList>> {
     Ok(Json(WorkerList {
-        workers: db::workers::list(&state.db).await?,
+        workers: state.store.workers().await?,
     }))
 }

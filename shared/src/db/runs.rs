@@ -32,27 +32,6 @@ pub async fn claim(
     .await?)
 }
 
-/// The outcome of one attempt, as the worker decided it.
-#[derive(Clone, Debug)]
-pub struct AttemptRecord {
-    /// The task.
-    pub task_id: Uuid,
-    /// The attempt number the claim produced (the fence).
-    pub attempt: i32,
-    /// New status: `succeeded`, `failed`, `cancelled`, or `queued` for a retry.
-    pub status: &'static str,
-    /// Attempt outcome for `task_attempts`: `succeeded`, `failed`, `retry`, `timeout`, `cancelled`.
-    pub outcome: &'static str,
-    /// Result of a success.
-    pub result: Option<Value>,
-    /// Error of a failure.
-    pub error: Option<String>,
-    /// Seconds until a retry may run.
-    pub retry_delay_secs: f64,
-    /// When the attempt started.
-    pub started_at: chrono::DateTime<chrono::Utc>,
-}
-
 /// What recording did to one task.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Recorded {
@@ -80,15 +59,18 @@ pub struct Recorded {
 pub async fn record(
     db: &PgPool,
     worker_id: &str,
-    records: &[AttemptRecord],
+    records: &[crate::store::AttemptRecord],
 ) -> Result<Vec<Recorded>> {
     let ids: Vec<Uuid> = records.iter().map(|r| r.task_id).collect();
     let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
-    let statuses: Vec<&str> = records.iter().map(|r| r.status).collect();
-    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome).collect();
+    let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
     let results: Vec<Option<&Value>> = records.iter().map(|r| r.result.as_ref()).collect();
     let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
-    let delays: Vec<f64> = records.iter().map(|r| r.retry_delay_secs).collect();
+    let delays: Vec<f64> = records
+        .iter()
+        .map(|r| r.retry_delay.as_secs_f64())
+        .collect();
     let started: Vec<chrono::DateTime<chrono::Utc>> =
         records.iter().map(|r| r.started_at).collect();
     Ok(sqlx::query_as(

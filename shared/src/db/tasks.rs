@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::domain::{Attempt, NewTask, Task, TaskStatus};
+use crate::store::{CancelOutcome, Inserted, TaskFilter};
 
 /// Columns of [`Task`], in one place so every query returns the same shape.
 #[macro_export]
@@ -15,15 +16,6 @@ macro_rules! task_columns {
          run_at, published_at, worker_id, lease_until, result, last_error, cancel_requested, \
          created_at, started_at, finished_at, updated_at"
     };
-}
-
-/// What inserting one requested task did.
-#[derive(Clone, Debug)]
-pub struct Inserted {
-    /// The stored task: the new one, or the one that already held the idempotency key.
-    pub task: Task,
-    /// False when the idempotency key already existed.
-    pub created: bool,
 }
 
 /// Insert many tasks in one statement (one commit for the whole batch: group commit).
@@ -101,7 +93,7 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
             Some(task) => task.clone(),
             // The conflicting row vanished between the statements (deleted by an operator).
             None => {
-                return Err(crate::Error::Database(sqlx::Error::RowNotFound));
+                return Err(crate::Error::Database(Box::new(sqlx::Error::RowNotFound)));
             }
         };
         by_key.insert(key.to_owned(), task.clone());
@@ -166,19 +158,6 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>> {
     .await?)
 }
 
-/// Filters of `GET /tasks`.
-#[derive(Clone, Debug, Default)]
-pub struct TaskFilter {
-    /// Only this status.
-    pub status: Option<TaskStatus>,
-    /// Only this agent.
-    pub agent: Option<String>,
-    /// Only tasks older than this id (keyset cursor).
-    pub before: Option<Uuid>,
-    /// Page size.
-    pub limit: i64,
-}
-
 /// Tasks newest first, one page.
 pub async fn list(db: impl PgExecutor<'_>, filter: &TaskFilter) -> Result<Vec<Task>> {
     Ok(sqlx::query_as(concat!(
@@ -195,19 +174,6 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &TaskFilter) -> Result<Vec<Ta
     .bind(filter.limit)
     .fetch_all(db)
     .await?)
-}
-
-/// What a cancel request found.
-#[derive(Clone, Debug)]
-pub enum CancelOutcome {
-    /// The task was queued and is now cancelled.
-    Cancelled(Task),
-    /// The task is running; the cancel is recorded and its worker must be told.
-    Requested(Task),
-    /// The task had already finished.
-    AlreadyFinished(Task),
-    /// No such task.
-    NotFound,
 }
 
 /// Cancel a task: at once when queued, by request when running. One statement decides under

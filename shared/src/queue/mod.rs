@@ -5,6 +5,8 @@
 //! The queue only says "look at these ids": the store decides who runs a task, so a duplicate
 //! or stale message is harmless. Nothing above this seam names a broker type.
 
+pub mod local;
+pub mod rabbit;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -48,9 +50,9 @@ impl Receipt {
         Self(Box::new(inner))
     }
 
-    /// The engine's handle, when it is of type `T`.
-    pub fn into_inner<T: Any>(self) -> Option<T> {
-        self.0.downcast::<T>().ok().map(|inner| *inner)
+    /// The engine's handle when it is of type `T`; the receipt back otherwise.
+    pub fn downcast<T: Any>(self) -> std::result::Result<T, Self> {
+        self.0.downcast::<T>().map(|inner| *inner).map_err(Self)
     }
 }
 

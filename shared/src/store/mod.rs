@@ -5,6 +5,7 @@
 //! Calls are batched where the hot path is (insert, claim, record), so an engine can answer a
 //! batch with one statement and one commit.
 
+pub mod postgres;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -241,8 +242,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Hand back tasks a stopping worker could not finish (the attempt is not counted).
     async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<u64>;
     /// Extend the leases of the tasks this worker holds; returns those whose cancel was requested.
-    async fn renew_leases(&self, worker_id: &str, lease: Duration, held: &[Uuid])
-    -> Result<Vec<Uuid>>;
+    async fn renew_leases(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        held: &[Uuid],
+    ) -> Result<Vec<Uuid>>;
     /// Return to the queue (or fail, on their last attempt) the running tasks whose holder broke
     /// its lease; a statement that runs after `run_before` (store time) reaps nothing.
     async fn reap(

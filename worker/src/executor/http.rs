@@ -1,13 +1,12 @@
 //! Forwarding tasks over HTTP: to a registered agent's endpoint, or to the Omni Gateway.
 
-use bgagent_shared::db;
 use bgagent_shared::domain::Task;
 use bgagent_shared::egress::{EgressPolicy, Refused};
+use bgagent_shared::store::TaskStore;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,19 +24,19 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// When each agent was looked up, and the endpoint found (None: not registered).
 type EndpointCache = HashMap<String, (Instant, Option<String>)>;
 
-/// Cached view of the `agents` table: one lookup per agent every few seconds instead of one per
+/// Cached view of the registered agents: one lookup per agent every few seconds instead of one per
 /// task.
 #[derive(Clone)]
 pub struct AgentRegistry {
-    db: PgPool,
+    store: Arc<dyn TaskStore>,
     cache: Arc<Mutex<EndpointCache>>,
 }
 
 impl AgentRegistry {
-    /// A registry reading from `db`.
-    pub fn new(db: PgPool) -> Self {
+    /// A registry reading from `store`.
+    pub fn new(store: Arc<dyn TaskStore>) -> Self {
         Self {
-            db,
+            store,
             cache: Arc::default(),
         }
     }
@@ -50,7 +49,7 @@ impl AgentRegistry {
         {
             return Ok(endpoint.clone());
         }
-        let endpoint = db::agents::get(&self.db, agent).await?.map(|a| a.endpoint);
+        let endpoint = self.store.agent(agent).await?.map(|a| a.endpoint);
         if let Ok(mut cache) = self.cache.lock() {
             // Agent names come from clients: keep the cache bounded however many are made up.
             if cache.len() >= MAX_CACHED_AGENTS {

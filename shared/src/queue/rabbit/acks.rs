@@ -10,37 +10,123 @@
 //! sent under its lock, in order. A delivery dropped without a settle stays outstanding, which
 //! only stops later acks from being coalesced past it; it is never acked by accident.
 
-use bgagent_shared::broker::{Publisher, TaskMessage};
 use futures_util::future::join_all;
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Mutex;
 
-use crate::pipeline::settle;
+use super::{Publisher, TaskMessage};
+use crate::queue::Settle;
+
+/// Longest wait for the broker to take an ack, nack or reject. Settling comes after the outcome is
+/// stored (or drops a duplicate), so one that never completes only means a redelivery, which the
+/// claim turns into a no-op. Unbounded, an ack caught in a connection the broker is closing can
+/// wait forever (seen in the fault suite when RabbitMQ stops) and stall the loop that sent it,
+/// leaving every task claimed after it `running` and unrecorded.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The receipt of a dead-letter event (its own channel; acked alone).
+pub(super) struct DeadEvent(pub(super) Acker);
+
+/// Settle deliveries of this engine: acks coalesced per channel, hand-backs republished.
+pub(super) async fn settle(publisher: &Publisher, settles: Vec<Settle>) {
+    let (mut acks, mut hand_backs, mut rejects, mut events) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for settle in settles {
+        let (receipt, kind) = match settle {
+            Settle::Ack(r) => (r, 0),
+            Settle::HandBack(r) => (r, 1),
+            Settle::Reject(r) => (r, 2),
+        };
+        match receipt.downcast::<Pending>() {
+            Ok(p) => match kind {
+                0 => acks.push(p),
+                1 => hand_backs.push(p),
+                _ => rejects.push(p),
+            },
+            Err(receipt) => match receipt.downcast::<DeadEvent>() {
+                Ok(event) => events.push(event.0),
+                Err(_) => tracing::error!("a receipt of another queue was settled here; ignored"),
+            },
+        }
+    }
+    if !hand_backs.is_empty() {
+        hand_back(publisher, hand_backs).await;
+    }
+    if !acks.is_empty() {
+        ack(acks).await;
+    }
+    for p in rejects {
+        reject(p).await;
+    }
+    settle_within_timeout(
+        "ack",
+        events
+            .iter()
+            .map(|acker| acker.ack(BasicAckOptions::default())),
+    )
+    .await;
+}
+
+/// Run acks, nacks or rejects concurrently, all within [`SETTLE_TIMEOUT`].
+pub(super) async fn settle_within_timeout<F>(
+    what: &'static str,
+    settles: impl IntoIterator<Item = F>,
+) where
+    F: Future<Output = lapin::Result<bool>>,
+{
+    settle_within(SETTLE_TIMEOUT, what, settles).await;
+}
+
+/// Run settles concurrently; stop waiting after `limit`. The commands are already queued on the
+/// connection by then, so one the broker still takes goes out anyway. True when all completed.
+async fn settle_within<F>(
+    limit: Duration,
+    what: &'static str,
+    settles: impl IntoIterator<Item = F>,
+) -> bool
+where
+    F: Future<Output = lapin::Result<bool>>,
+{
+    let settles: Vec<F> = settles.into_iter().collect();
+    if settles.is_empty() {
+        return true;
+    }
+    let n = settles.len();
+    if tokio::time::timeout(limit, futures_util::future::join_all(settles))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            deliveries = n,
+            "broker did not take the {what} in time; unsettled messages are redelivered and \
+             their claims dropped"
+        );
+        return false;
+    }
+    true
+}
 
 /// The outstanding deliveries of one channel; cheap to clone.
 #[derive(Clone, Default)]
-pub(crate) struct ChannelAcks {
+pub(super) struct ChannelAcks {
     /// Delivery tags received and not settled yet.
     outstanding: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl ChannelAcks {
     /// Register a delivery; call in the order the channel delivers.
-    pub(crate) async fn receive(&self, delivery: Delivery) -> Received {
+    pub(super) async fn receive(&self, delivery: Delivery) -> Pending {
         self.outstanding.lock().await.insert(delivery.delivery_tag);
-        let data: Arc<[u8]> = delivery.data.into();
-        Received {
-            data: data.clone(),
-            pending: Pending {
-                tag: delivery.delivery_tag,
-                acker: delivery.acker,
-                channel: self.clone(),
-                body: data,
-            },
+        Pending {
+            tag: delivery.delivery_tag,
+            acker: delivery.acker,
+            channel: self.clone(),
+            body: delivery.data,
         }
     }
 
@@ -49,24 +135,18 @@ impl ChannelAcks {
     }
 }
 
-/// A registered delivery: its body and what settles it.
-pub(crate) struct Received {
-    pub(crate) data: Arc<[u8]>,
-    pub(crate) pending: Pending,
-}
-
 /// A delivery waiting to be settled.
-pub(crate) struct Pending {
+pub(super) struct Pending {
     tag: u64,
     acker: Acker,
     channel: ChannelAcks,
     /// The message, to publish again on a hand-back.
-    body: Arc<[u8]>,
+    body: Vec<u8>,
 }
 
 /// Acknowledge deliveries (of any channels), coalescing each channel's into as few frames as the
 /// deliveries still outstanding allow.
-pub(crate) async fn ack(pending: impl IntoIterator<Item = Pending>) {
+async fn ack(pending: impl IntoIterator<Item = Pending>) {
     for (channel, group) in by_channel(pending) {
         let mut outstanding = channel.outstanding.lock().await;
         let plan = coalesce(&mut outstanding, group, |p| p.tag);
@@ -78,7 +158,7 @@ pub(crate) async fn ack(pending: impl IntoIterator<Item = Pending>) {
             .singles
             .iter()
             .map(|p| p.acker.ack(BasicAckOptions::default()));
-        settle("ack", multiple.into_iter().chain(single)).await;
+        settle_within_timeout("ack", multiple.into_iter().chain(single)).await;
     }
 }
 
@@ -87,7 +167,7 @@ pub(crate) async fn ack(pending: impl IntoIterator<Item = Pending>) {
 /// back on every pause or shutdown would dead-letter a task that never ran; a fresh copy starts
 /// with no deliveries. A message that cannot be published again (broker trouble, or a body that
 /// is not a task message) is nacked back to the queue as before.
-pub(crate) async fn hand_back(publisher: &Publisher, pending: impl IntoIterator<Item = Pending>) {
+pub(super) async fn hand_back(publisher: &Publisher, pending: impl IntoIterator<Item = Pending>) {
     let pending: Vec<Pending> = pending.into_iter().collect();
     if pending.is_empty() {
         return;
@@ -129,15 +209,15 @@ async fn nack_requeue(pending: impl IntoIterator<Item = Pending>) {
                 ..Default::default()
             })
         });
-        settle("requeue", nacks).await;
+        settle_within_timeout("requeue", nacks).await;
     }
 }
 
 /// Reject a delivery without requeue: the queue dead-letters it.
-pub(crate) async fn reject(p: Pending) {
+async fn reject(p: Pending) {
     let mut outstanding = p.channel.outstanding.lock().await;
     outstanding.remove(&p.tag);
-    settle(
+    settle_within_timeout(
         "reject",
         [p.acker.reject(BasicRejectOptions { requeue: false })],
     )
@@ -245,5 +325,33 @@ mod tests {
         let plan = coalesce(&mut open, vec![9, 8, 7], |t| *t);
         assert_eq!(plan.multiple_up_to, Some(9));
         assert!(plan.singles.is_empty());
+    }
+
+    fn answered() -> futures_util::future::Ready<lapin::Result<bool>> {
+        futures_util::future::ready(Ok(true))
+    }
+
+    #[tokio::test]
+    async fn settling_waits_for_every_answer() {
+        let all = [answered(), answered(), answered()];
+        assert!(settle_within(Duration::from_secs(5), "ack", all).await);
+        let none: [futures_util::future::Ready<lapin::Result<bool>>; 0] = [];
+        assert!(settle_within(Duration::from_secs(5), "ack", none).await);
+    }
+
+    /// An ack the connection never completes (a connection the broker is closing) must not hold
+    /// up the loop that sent it: every task claimed after it would stay `running`, unrecorded.
+    #[tokio::test]
+    async fn settling_gives_up_on_an_ack_that_never_completes() {
+        let started = std::time::Instant::now();
+        let settles = [
+            futures_util::future::Either::Left(answered()),
+            futures_util::future::Either::Right(async {
+                std::future::pending::<()>().await;
+                Ok(true)
+            }),
+        ];
+        assert!(!settle_within(Duration::from_millis(100), "ack", settles).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -1,0 +1,45 @@
+//! An engine: one task store and one task queue that belong together.
+
+use std::sync::Arc;
+
+use crate::Result;
+use crate::config::{BrokerConfig, DatabaseConfig};
+use crate::queue::TaskQueue;
+use crate::queue::rabbit::RabbitQueue;
+use crate::store::TaskStore;
+use crate::store::postgres::PgStore;
+
+/// The store and queue an API or worker runs on; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    /// Rows: the truth.
+    pub store: Arc<dyn TaskStore>,
+    /// Messages: "look at these ids".
+    pub queue: Arc<dyn TaskQueue>,
+}
+
+impl Engine {
+    /// PostgreSQL and RabbitMQ, connected lazily, so a process starts while either is down.
+    /// `name` names the connections (`bgagent-api@host`, `bgagent-worker@id`); consumer sessions
+    /// ask for an AMQP heartbeat every `heartbeat_secs`.
+    pub fn postgres_rabbitmq(
+        database: &DatabaseConfig,
+        broker: &BrokerConfig,
+        name: &str,
+        heartbeat_secs: u16,
+    ) -> Result<Self> {
+        Ok(Self {
+            store: Arc::new(PgStore::connect_lazy(database, name)?),
+            queue: Arc::new(RabbitQueue::new(
+                broker,
+                &format!("{name}/publish"),
+                heartbeat_secs,
+            )?),
+        })
+    }
+
+    /// A one-line description for banners: `postgresql + rabbitmq`.
+    pub fn describe(&self) -> String {
+        format!("{} + {}", self.store.engine(), self.queue.engine())
+    }
+}

@@ -1,0 +1,108 @@
+//! What the queue reports besides deliveries: control broadcasts (pause, resume, cancel), task
+//! messages it dead-lettered, and new sessions (which may follow a broker that lost its data).
+
+use bgagent_shared::queue::{ControlMessage, QueueEvent, Settle};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::state::{MAX_REFUSALS, Shared};
+
+/// Handle events until the queue's sessions end.
+pub(crate) async fn event_loop(shared: Arc<Shared>, mut events: mpsc::Receiver<QueueEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            QueueEvent::Control(message) => control(&shared, message),
+            QueueEvent::DeadLettered {
+                tasks,
+                reason,
+                receipt,
+            } => {
+                match tasks.as_slice() {
+                    [task_id] => fail_dead_lettered(&shared, *task_id, &reason).await,
+                    _ => split_dead_lettered(&shared, &tasks).await,
+                }
+                shared.queue.settle(vec![Settle::Ack(receipt)]).await;
+            }
+            QueueEvent::SessionOpened => shared.broker_check.notify_one(),
+        }
+    }
+}
+
+fn control(shared: &Shared, message: ControlMessage) {
+    match message {
+        ControlMessage::Stop => {
+            shared.set_paused(true);
+        }
+        ControlMessage::Start => {
+            shared.set_paused(false);
+        }
+        ControlMessage::Cancel { task_id, worker_id } => {
+            let for_us = worker_id.as_deref().is_none_or(|w| w == shared.id);
+            if for_us && shared.cancel_task(task_id) {
+                tracing::info!(task_id = %task_id, "cancelling running task");
+            }
+        }
+    }
+}
+
+/// Fail the task of a dead-lettered single-task message.
+async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
+    let failed = until_stored(shared, "fail a dead-lettered task", || {
+        shared.store.fail_dead_lettered(task_id, reason)
+    })
+    .await
+    .flatten();
+    if let Some((agent, attempts)) = failed {
+        tracing::warn!(task_id = %task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
+        shared
+            .metrics
+            .processed
+            .with_label_values(&[shared.metrics.agent_label(&agent), "failed"])
+            .inc();
+    }
+}
+
+/// A dead-lettered message with several tasks does not fail them all for one poison task: its
+/// queued tasks become unpublished, so the relay publishes each in a message of its own, and only
+/// a task that keeps failing its deliveries alone is failed.
+async fn split_dead_lettered(shared: &Shared, task_ids: &[Uuid]) {
+    let count = until_stored(
+        shared,
+        "unpublish the tasks of a dead-lettered message",
+        || shared.store.unpublish_queued(task_ids),
+    )
+    .await;
+    tracing::warn!(
+        tasks = task_ids.len(),
+        republished = count,
+        "a message with several tasks was dead-lettered; its queued tasks are published again one by one"
+    );
+}
+
+/// Run a store write until it succeeds, once a second: the dead-letter event is acked only after
+/// its write is stored. An outage is waited out; a write the store refuses [`MAX_REFUSALS`]
+/// times is given up (None).
+async fn until_stored<T, F>(shared: &Shared, what: &str, mut write: impl FnMut() -> F) -> Option<T>
+where
+    F: Future<Output = bgagent_shared::Result<T>>,
+{
+    let mut refusals = 0;
+    loop {
+        match write().await {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot {what}; retrying");
+                if !e.is_unavailable() {
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS {
+                        shared.give_up("dead_letter_event", &e);
+                        return None;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
