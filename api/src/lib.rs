@@ -171,13 +171,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route_layer(from_fn_with_state(state.clone(), extract::require_api_key));
     let public = Router::new()
         .merge(routes::health::router())
-        .route("/metrics", get(metrics::serve));
+        .route("/metrics", get(routes::metrics::serve));
     Router::new()
         .merge(protected)
         .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(state.clone(), routes::metrics::track))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(from_fn(timeout_as_json))
         .layer(TimeoutLayer::with_status_code(

@@ -1,18 +1,10 @@
 //! Prometheus metrics of the API process.
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
-use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bgagent_shared::labels::AgentLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use std::time::{Duration, Instant};
-
-use crate::state::AppState;
 
 /// Counters and histograms the API exports at `/metrics`.
 #[derive(Clone, Debug)]
@@ -107,81 +99,5 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-/// Middleware counting requests and timing them by matched route (not raw path, which would
-/// explode label cardinality with task ids).
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [method, route.as_str(), status.as_str()];
-    state.metrics.http_requests.with_label_values(&labels).inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
-
-/// The `method` label: clients may send any token as a method, so only the standard ones are
-/// reported by name.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "other",
-    }
-}
-
-/// `GET /metrics`: Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
-    sample_system_gauges(&state).await;
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-}
-
-/// Refresh the gauges that describe the whole system (queue depths, paused state, live workers)
-/// at scrape time, each with a short timeout so a dead dependency does not stall the scrape.
-async fn sample_system_gauges(state: &AppState) {
-    let timeout = Duration::from_secs(1);
-    let (depths, paused, live) = tokio::join!(
-        tokio::time::timeout(timeout, state.queue.depths()),
-        tokio::time::timeout(timeout, state.store.paused()),
-        tokio::time::timeout(timeout, state.store.live_workers()),
-    );
-    let m = &state.metrics;
-    if let Ok(Ok(depths)) = depths {
-        m.queue_messages
-            .with_label_values(&["tasks"])
-            .set(i64::from(depths.ready));
-        m.queue_messages
-            .with_label_values(&["dead"])
-            .set(i64::from(depths.dead));
-    }
-    if let Ok(Ok(paused)) = paused {
-        m.fleet_paused.set(i64::from(paused));
-    }
-    if let Ok(Ok(live)) = live {
-        m.workers_live.set(live);
     }
 }

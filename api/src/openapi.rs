@@ -21,7 +21,7 @@ use crate::routes::{agents, control, health, tasks, workers};
         tasks::enqueue, tasks::list_tasks, tasks::get_task, tasks::cancel_task, tasks::list_processed,
         agents::register, agents::unregister, agents::list_agents,
         control::stop, control::start, workers::list_workers,
-        health::health, health::ready, crate::metrics::serve, openapi_json,
+        health::health, health::ready, crate::routes::metrics::serve, openapi_json,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&ApiKeyScheme, &CommonResponses),

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod control;
 pub mod health;
+pub mod metrics;
 pub mod tasks;
 pub mod workers;
 
