@@ -101,7 +101,7 @@ impl TryFrom<String> for TaskStatus {
 }
 
 /// A task as stored and as returned by the API.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     /// UUID v7: time-ordered, so newest-first listing is an index scan.
     pub id: Uuid,
@@ -111,10 +111,8 @@ pub struct Task {
     pub command: String,
     /// Free-form JSON object passed to the executor.
     #[schema(value_type = Object)]
-    #[sqlx(try_from = "crate::db::json::LenientJson")]
     pub meta: Value,
     /// Current status.
-    #[sqlx(try_from = "String")]
     pub status: TaskStatus,
     /// Attempts started so far.
     pub attempts: i32,
@@ -134,7 +132,6 @@ pub struct Task {
     pub lease_until: Option<DateTime<Utc>>,
     /// Executor result (succeeded tasks).
     #[schema(value_type = Option<Object>)]
-    #[sqlx(try_from = "crate::db::json::LenientJson")]
     pub result: Option<Value>,
     /// Last error message.
     pub last_error: Option<String>,
@@ -151,7 +148,7 @@ pub struct Task {
 }
 
 /// One attempt at running a task (what `GET /processed` lists).
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     /// Record id; newest records have the highest ids.
     pub id: i64,
@@ -176,7 +173,7 @@ pub struct Attempt {
 }
 
 /// A registered agent: tasks for it are POSTed to its endpoint.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Agent {
     /// Agent name (also the `agent` of its tasks).
     pub name: String,
@@ -184,7 +181,6 @@ pub struct Agent {
     pub endpoint: String,
     /// Free-form JSON object.
     #[schema(value_type = Object)]
-    #[sqlx(try_from = "crate::db::json::LenientJson")]
     pub meta: Value,
     /// First registration.
     pub created_at: DateTime<Utc>,
@@ -193,7 +189,7 @@ pub struct Agent {
 }
 
 /// A worker process, as its heartbeats describe it.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct WorkerInfo {
     /// Worker id (also in its connection name and consumer tag).
     pub id: String,
