@@ -111,7 +111,7 @@ pub async fn task_page(state: &AppState, query: ListTasksQuery) -> ApiResult<Tas
     let status = query
         .status
         .as_deref()
-        .map(str::parse::<TaskStatus>)
+        .map(|s| s.parse::<TaskStatus>().map_err(bgagent_shared::Error::from))
         .transpose()?;
     let agent = query
         .agent
