@@ -8,9 +8,10 @@ use axum::routing::{get, post};
 use bgagent_shared::broker::ControlMessage;
 use bgagent_shared::db;
 use bgagent_shared::db::tasks::{CancelOutcome, TaskFilter};
-use bgagent_shared::domain::{Attempt, EnqueueRequest, NewTask, Task, TaskStatus};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use bgagent_shared::domain::{EnqueueRequest, NewTask, Task, TaskStatus};
+use bgagent_types::{AttemptPage, TaskPage};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -80,16 +81,6 @@ pub struct ListTasksQuery {
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
-}
-
-/// A page of tasks.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskPage {
-    /// Tasks, newest first.
-    pub tasks: Vec<Task>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// List tasks newest first with keyset pagination.
@@ -228,16 +219,6 @@ pub struct ProcessedQuery {
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<i64>)]
     cursor: Option<String>,
-}
-
-/// A page of attempt records.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptPage {
-    /// Attempts, newest first.
-    pub processed: Vec<Attempt>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Attempt records, newest first.
