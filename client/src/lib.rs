@@ -1,7 +1,8 @@
 //! Typed async client for the Background Agent HTTP API.
 //!
-//! One method per endpoint, the API's domain types (from `bgagent-shared`), one [`Error`] type
-//! that carries the API's error `code`, `message` and `field` with the HTTP status, and:
+//! One method per endpoint, the API's own request and answer types (from `bgagent-types`, which
+//! carries no server dependencies), one [`Error`] type that carries the API's error `code`,
+//! `message` and `field` with the HTTP status, and:
 //!
 //! - **Retries** with exponential backoff and jitter ([`RetryPolicy`]): on connection failures
 //!   (nothing was sent, so every call retries them) and, for idempotent calls, on 408 and 503
@@ -65,12 +66,14 @@
 mod error;
 mod types;
 
-pub use bgagent_shared::domain::{Agent, Attempt, EnqueueRequest, Task, TaskStatus, WorkerInfo};
-pub use error::{Error, Result};
-pub use types::{
-    AttemptPage, Cancellation, Enqueued, Health, PageQuery, PausedState, TaskPage, TaskQuery,
-    Unregistered,
+pub use bgagent_types::{
+    Agent, Attempt, AttemptPage, EnqueueRequest, Health, PausedState, Task, TaskPage, TaskStatus,
+    Unregistered, WorkerInfo,
 };
+pub use error::{Error, Result};
+pub use types::{Cancellation, Enqueued, PageQuery, TaskQuery};
+
+use bgagent_types::{AgentList, RegisterRequest, UnregisterRequest, WorkerList};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
@@ -394,16 +397,9 @@ impl Client {
         endpoint: &str,
         meta: Option<Value>,
     ) -> Result<Agent> {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            name: &'a str,
-            endpoint: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            meta: Option<Value>,
-        }
-        let body = Body {
-            name,
-            endpoint,
+        let body = RegisterRequest {
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
             meta,
         };
         self.call(
@@ -418,7 +414,9 @@ impl Client {
 
     /// `POST /agents/unregister`: remove an agent (404 when it is not registered).
     pub async fn unregister_agent(&self, name: &str) -> Result<Unregistered> {
-        let body = serde_json::json!({ "name": name });
+        let body = UnregisterRequest {
+            name: name.to_owned(),
+        };
         self.call(
             Retry::ConnectOnly,
             Method::POST,
@@ -431,7 +429,7 @@ impl Client {
 
     /// `GET /agents`: registered agents by name.
     pub async fn list_agents(&self) -> Result<Vec<Agent>> {
-        let list: types::AgentList = self
+        let list: AgentList = self
             .call(Retry::Idempotent, Method::GET, "/agents", &[], None::<&()>)
             .await?;
         Ok(list.agents)
@@ -439,7 +437,7 @@ impl Client {
 
     /// `GET /workers`: worker processes, latest heartbeat first.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
-        let list: types::WorkerList = self
+        let list: WorkerList = self
             .call(Retry::Idempotent, Method::GET, "/workers", &[], None::<&()>)
             .await?;
         Ok(list.workers)
