@@ -1,5 +1,6 @@
 //! The request and answer bodies of the Background Agent HTTP API, shared by the API (which
-//! serves them) and the Rust client (which sends and reads them).
+//! serves them) and the Rust client (which sends and reads them), and the retry [`backoff`] that
+//! the client and the workers share.
 //!
 //! This crate carries no server dependencies (no database, broker or CLI crates), so a client
 //! builds only what it needs. The rules that turn a request into something storable
@@ -7,6 +8,7 @@
 //! derive `utoipa::ToSchema`, from which the API builds `/openapi.json`.
 
 pub mod agent;
+pub mod backoff;
 pub mod error;
 pub mod fleet;
 pub mod limits;

@@ -8,7 +8,6 @@
 //! rest are handed back to the queue, so a clean stop leaves nothing `running`.
 
 mod acks;
-pub mod backoff;
 mod broker_loss;
 pub mod config;
 mod delivery;
@@ -22,6 +21,7 @@ mod state;
 use bgagent_shared::broker::{Publisher, Topology};
 use bgagent_shared::labels::AgentLabels;
 use bgagent_shared::{Error, db};
+use bgagent_types::backoff::Backoff;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64};
@@ -105,10 +105,13 @@ impl Worker {
             })?),
             None => None,
         };
-        let backoff = backoff::Backoff {
+        // 75-100 % jitter: retries of many tasks spread out, yet (for a factor of at least 1.34)
+        // each wait still exceeds the one before.
+        let backoff = Backoff {
             base: Duration::from_millis(options.retry_base_ms.max(1)),
             factor: options.retry_factor,
             max: Duration::from_secs(options.retry_max_secs.max(1)),
+            jitter: 0.75..=1.0,
         };
         let (paused, _) = watch::channel(false);
         let (dead_copies_tx, dead_copies) = mpsc::channel(DEAD_COPY_BACKLOG);

@@ -1,6 +1,7 @@
 //! State shared by a worker's loops.
 
 use bgagent_shared::broker::{Publisher, Topology};
+use bgagent_types::backoff::Backoff;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64};
@@ -9,7 +10,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
 use crate::config::WorkerOptions;
 use crate::executor::Executors;
 use crate::metrics::WorkerMetrics;
