@@ -30,19 +30,20 @@ ENV CARGO_TERM_COLOR=never \
 #    Targets declared with an explicit path (e.g. [[test]] path = "tests/integration/main.rs")
 #    must exist for Cargo to load a manifest: each one gets a stub too.
 COPY Cargo.toml Cargo.lock ./
+COPY types/Cargo.toml types/Cargo.toml
 COPY shared/Cargo.toml shared/Cargo.toml
 COPY api/Cargo.toml api/Cargo.toml
 COPY worker/Cargo.toml worker/Cargo.toml
 COPY client/Cargo.toml client/Cargo.toml
 RUN set -eu; \
-    for crate in . shared api worker client; do \
+    for crate in . types shared api worker client; do \
         mkdir -p "$crate/src"; \
         : > "$crate/src/lib.rs"; \
     done; \
     for crate in . api worker; do \
         echo 'fn main() {}' > "$crate/src/main.rs"; \
     done; \
-    for manifest in Cargo.toml shared/Cargo.toml api/Cargo.toml worker/Cargo.toml client/Cargo.toml; do \
+    for manifest in Cargo.toml types/Cargo.toml shared/Cargo.toml api/Cargo.toml worker/Cargo.toml client/Cargo.toml; do \
         dir="$(dirname "$manifest")"; \
         sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$manifest" | \
         while read -r target; do \
@@ -55,13 +56,14 @@ RUN set -eu; \
 # 2. The real sources. `touch` makes them newer than the stub build, so Cargo rebuilds the
 #    workspace crates (and only them).
 COPY migrations migrations
+COPY types/src types/src
 COPY shared/src shared/src
 COPY api/src api/src
 COPY worker/src worker/src
 COPY client/src client/src
 COPY src src
 RUN set -eu; \
-    find src shared/src api/src worker/src client/src -name '*.rs' -exec touch {} +; \
+    find src types/src shared/src api/src worker/src client/src -name '*.rs' -exec touch {} +; \
     cargo build --release --locked --bins; \
     mkdir -p /out; \
     cp target/release/bgagent target/release/bgagent-api target/release/bgagent-worker /out/

@@ -3,8 +3,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+
+// The body is a wire type, shared with the client.
+pub use bgagent_types::{ErrorBody, ErrorDetail};
 
 /// Every way a request can fail. Messages are safe to show: 5xx bodies stay generic and the
 /// detail goes to the log.
@@ -49,25 +50,6 @@ pub enum ApiError {
     /// A bug or unexpected failure; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
-}
-
-/// The error body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Code and message of an error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code.
-    pub code: &'static str,
-    /// Human-readable explanation.
-    pub message: String,
-    /// The offending field, for 422 errors.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -127,7 +109,7 @@ impl ApiError {
         };
         let body = ErrorBody {
             error: ErrorDetail {
-                code,
+                code: code.to_owned(),
                 message: self.to_string(),
                 field,
             },

@@ -244,7 +244,7 @@ async fn method_not_allowed() -> (StatusCode, axum::Json<error::ErrorBody>) {
         StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(error::ErrorBody {
             error: error::ErrorDetail {
-                code: "method_not_allowed",
+                code: "method_not_allowed".to_owned(),
                 message: "method not allowed on this route".into(),
                 field: None,
             },
@@ -261,7 +261,7 @@ async fn timeout_as_json(req: Request, next: axum::middleware::Next) -> axum::re
             StatusCode::REQUEST_TIMEOUT,
             axum::Json(error::ErrorBody {
                 error: error::ErrorDetail {
-                    code: "timeout",
+                    code: "timeout".to_owned(),
                     message: "request took too long".into(),
                     field: None,
                 },

@@ -32,10 +32,10 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{parse_task_id, parse_value, require_json_content_type};
-use crate::routes::agents::AgentList;
 use crate::routes::tasks::{self, ListTasksQuery};
 use crate::state::AppState;
 use bgagent_shared::domain::{EnqueueRequest, NewTask};
+use bgagent_types::AgentList;
 
 /// The `/mcp` service. Stateless (no MCP session is kept between requests), so any API replica
 /// can answer any request, as for the REST routes. Every error it answers has the API's JSON
@@ -122,7 +122,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
     };
     let body = serde_json::to_vec(&ErrorBody {
         error: ErrorDetail {
-            code,
+            code: code.to_owned(),
             message,
             field: None,
         },

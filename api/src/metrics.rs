@@ -16,11 +16,16 @@ pub struct Metrics {
     pub tasks_enqueued: IntCounterVec,
     /// Enqueued tasks whose publish was not confirmed (left for the relay).
     pub publish_failures: IntCounterVec,
-    http_requests: IntCounterVec,
-    http_duration: HistogramVec,
-    queue_messages: IntGaugeVec,
-    fleet_paused: IntGauge,
-    workers_live: IntGauge,
+    /// Requests by method, matched route and status.
+    pub(crate) http_requests: IntCounterVec,
+    /// Request durations by method, matched route and status.
+    pub(crate) http_duration: HistogramVec,
+    /// Messages waiting in the queue (`tasks`, `dead`), sampled at scrape time.
+    pub(crate) queue_messages: IntGaugeVec,
+    /// The fleet's paused state, sampled at scrape time.
+    pub(crate) fleet_paused: IntGauge,
+    /// Live workers, sampled at scrape time.
+    pub(crate) workers_live: IntGauge,
 }
 
 impl Metrics {

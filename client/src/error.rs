@@ -1,7 +1,6 @@
 //! The client's one error type.
 
-use bgagent_shared::domain::TaskStatus;
-use serde::Deserialize;
+use bgagent_types::{ErrorBody, TaskStatus};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -135,19 +134,8 @@ impl Error {
 
     /// Build an [`Error::Api`] from an error answer's status and body.
     pub(crate) fn from_answer(status: u16, body: &[u8]) -> Self {
-        #[derive(Deserialize)]
-        struct Body {
-            error: Detail,
-        }
-        #[derive(Deserialize)]
-        struct Detail {
-            code: String,
-            message: String,
-            #[serde(default)]
-            field: Option<String>,
-        }
-        match serde_json::from_slice::<Body>(body) {
-            Ok(Body { error }) => Self::Api {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(ErrorBody { error }) => Self::Api {
                 status,
                 code: error.code,
                 message: error.message,

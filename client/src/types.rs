@@ -1,8 +1,7 @@
-//! Request options and the answer envelopes of the API. The domain types themselves (`Task`,
-//! `Attempt`, `Agent`, `WorkerInfo`, `EnqueueRequest`) come from `bgagent-shared`.
+//! Request options and what some calls answer beyond the body. The bodies themselves (`Task`,
+//! `TaskPage`, `Health`, ...) come from `bgagent-types`, the crate the API serves them from.
 
-use bgagent_shared::domain::{Attempt, Task, TaskStatus};
-use serde::{Deserialize, Serialize};
+use bgagent_types::{Task, TaskStatus};
 
 /// Answer of [`Client::enqueue`](crate::Client::enqueue).
 #[derive(Clone, Debug)]
@@ -77,76 +76,6 @@ impl PageQuery {
         }
         pairs
     }
-}
-
-/// A page of tasks (`GET /tasks`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TaskPage {
-    /// Tasks, newest first.
-    pub tasks: Vec<Task>,
-    /// Pass as the cursor of the next request; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
-/// A page of attempt records (`GET /processed`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AttemptPage {
-    /// Attempts, newest first.
-    pub processed: Vec<Attempt>,
-    /// Pass as the cursor of the next request; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
-/// The fleet's paused state (`POST /stop`, `POST /start`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PausedState {
-    /// True while workers take no new tasks.
-    pub paused: bool,
-    /// Whether the control message reached the broker (workers re-read the stored state every
-    /// few seconds, so false only delays the change).
-    pub broadcast: bool,
-}
-
-/// Answer of `POST /agents/unregister`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unregistered {
-    /// The agent.
-    pub name: String,
-    /// Always true.
-    pub unregistered: bool,
-}
-
-/// Answer of `GET /health`: liveness and a summary of the system.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    /// `ok` when every dependency answers, else `degraded`.
-    pub status: String,
-    /// PostgreSQL answered.
-    #[serde(default)]
-    pub db_ok: bool,
-    /// RabbitMQ answered.
-    #[serde(default)]
-    pub broker_ok: bool,
-    /// The fleet's paused state (absent when the database is down).
-    #[serde(default)]
-    pub paused: Option<bool>,
-    /// Workers heart-beating in the last 30 s (absent when the database is down).
-    #[serde(default)]
-    pub workers: Option<i64>,
-}
-
-/// `{"agents": [...]}`
-#[derive(Deserialize)]
-pub(crate) struct AgentList {
-    pub agents: Vec<bgagent_shared::domain::Agent>,
-}
-
-/// `{"workers": [...]}`
-#[derive(Deserialize)]
-pub(crate) struct WorkerList {
-    pub workers: Vec<bgagent_shared::domain::WorkerInfo>,
 }
 
 #[cfg(test)]

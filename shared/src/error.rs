@@ -83,6 +83,12 @@ impl From<sqlx::migrate::MigrateError> for Error {
     }
 }
 
+impl From<bgagent_types::ParseStatusError> for Error {
+    fn from(err: bgagent_types::ParseStatusError) -> Self {
+        Self::invalid("status", err.to_string())
+    }
+}
+
 impl From<lapin::Error> for Error {
     fn from(err: lapin::Error) -> Self {
         Self::Broker(err.to_string())

@@ -74,8 +74,7 @@ struct WatchArgs {
 }
 
 fn parse_status(raw: &str) -> Result<TaskStatus, String> {
-    raw.parse::<TaskStatus>()
-        .map_err(|_| "must be one of queued, running, succeeded, failed, cancelled".to_owned())
+    raw.parse::<TaskStatus>().map_err(|e| e.to_string())
 }
 
 fn parse_interval(raw: &str) -> Result<f64, String> {

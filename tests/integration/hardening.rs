@@ -496,10 +496,7 @@ async fn the_amqp_login_is_not_logged_even_at_trace() {
     }
     child.terminate();
     log.extend(lines.iter().map(|line| line + "\n"));
-    assert!(
-        log.contains("queue unreachable"),
-        "no login attempt: {log}"
-    );
+    assert!(log.contains("queue unreachable"), "no login attempt: {log}");
     assert!(
         log.contains("\"level\":\"TRACE\""),
         "trace logging was not on"

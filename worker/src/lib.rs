@@ -7,7 +7,6 @@
 //! token fires, then drains: in-flight tasks get `BGAGENT_SHUTDOWN_GRACE_SECS` to finish and the
 //! rest are handed back to the queue, so a clean stop leaves nothing `running`.
 
-pub mod backoff;
 mod broker_loss;
 mod claim;
 pub mod config;
@@ -27,6 +26,7 @@ use bgagent_shared::Error;
 use bgagent_shared::engine::Engine;
 use bgagent_shared::labels::AgentLabels;
 use bgagent_shared::queue::ConsumerSpec;
+use bgagent_types::backoff::Backoff;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64};
@@ -128,10 +128,13 @@ impl Worker {
             })?),
             None => None,
         };
-        let backoff = backoff::Backoff {
+        // 75-100 % jitter: retries of many tasks spread out, yet (for a factor of at least 1.34)
+        // each wait still exceeds the one before.
+        let backoff = Backoff {
             base: Duration::from_millis(options.retry_base_ms.max(1)),
             factor: options.retry_factor,
             max: Duration::from_secs(options.retry_max_secs.max(1)),
+            jitter: 0.75..=1.0,
         };
         let (paused, _) = watch::channel(false);
         let (dead_copies_tx, dead_copies) = mpsc::channel(dead_letters::BACKLOG);

@@ -48,7 +48,9 @@ fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
     let retry = |outcome: AttemptOutcome, message: String, retry_after: Option<Duration>| {
         let message = storable_text(message);
         if job.attempt < job.max_attempts {
-            let delay = retry_after.unwrap_or_else(|| shared.backoff.delay(job.attempt));
+            // Attempt n (from 1) is followed by retry n - 1 (from 0).
+            let retry = u32::try_from(job.attempt.saturating_sub(1)).unwrap_or(0);
+            let delay = retry_after.unwrap_or_else(|| shared.backoff.delay(retry));
             AttemptRecord {
                 status: TaskStatus::Queued,
                 outcome,

@@ -2,6 +2,7 @@
 
 use bgagent_shared::queue::{DeadCopy, TaskQueue};
 use bgagent_shared::store::TaskStore;
+use bgagent_types::backoff::Backoff;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
 use crate::config::WorkerOptions;
 use crate::executor::Executors;
 use crate::metrics::WorkerMetrics;

@@ -5,8 +5,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bgagent_shared::domain::{Agent, parse_agent_name, parse_endpoint, parse_meta};
 use bgagent_shared::egress;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use bgagent_types::{AgentList, RegisterRequest, UnregisterRequest, Unregistered};
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
@@ -18,61 +17,6 @@ pub fn router() -> Router<AppState> {
         .route("/agents", get(list_agents))
         .route("/agents/register", post(register))
         .route("/agents/unregister", post(unregister))
-}
-
-/// Body of `POST /agents/register`.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    /// Agent name (`^[a-z0-9][a-z0-9._-]{0,63}$`).
-    #[schema(
-        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        min_length = 1,
-        max_length = 64
-    )]
-    pub name: String,
-    /// Absolute http(s) URL with a host and without credentials, at most 2048 bytes; workers
-    /// POST tasks here. Its host must also pass the egress policy (docs/SECURITY.md).
-    #[schema(
-        format = "uri",
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$",
-        max_length = 2048
-    )]
-    pub endpoint: String,
-    /// Free-form JSON object (at most 256 KiB; null or absent: `{}`), with the same rules as a
-    /// task's `meta`.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub meta: Option<serde_json::Value>,
-}
-
-/// Body of `POST /agents/unregister`.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UnregisterRequest {
-    /// Agent name.
-    #[schema(
-        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        min_length = 1,
-        max_length = 64
-    )]
-    pub name: String,
-}
-
-/// Answer of `POST /agents/unregister`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Unregistered {
-    /// The agent.
-    pub name: String,
-    /// Always true.
-    pub unregistered: bool,
-}
-
-/// All registered agents.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentList {
-    /// Agents by name.
-    pub agents: Vec<Agent>,
 }
 
 /// Register (or update) an agent's endpoint.

@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use bgagent_shared::queue::ControlMessage;
-use serde::Serialize;
-use utoipa::ToSchema;
+use bgagent_types::PausedState;
 
 use crate::error::{ApiResult, ErrorBody};
 use crate::state::AppState;
@@ -15,16 +14,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/stop", post(stop))
         .route("/start", post(start))
-}
-
-/// The fleet's paused state.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PausedState {
-    /// True while workers take no new tasks.
-    pub paused: bool,
-    /// Whether the control message reached the broker (workers also re-read the stored state
-    /// every few seconds, so false only delays the change).
-    pub broadcast: bool,
 }
 
 /// Pause the fleet: workers finish in-flight tasks and take no new ones.

@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use bgagent_types::{ErrorBody, ErrorDetail, Health};
 use serde::Serialize;
 use std::time::Duration;
 use utoipa::ToSchema;
 
-use crate::error::ErrorBody;
 use crate::state::AppState;
 
 /// Each dependency check gets this long, so probes answer quickly during an outage.
@@ -19,21 +19,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-}
-
-/// Liveness and a summary of the system.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// `ok` when every dependency answers, else `degraded`.
-    pub status: &'static str,
-    /// PostgreSQL answered.
-    pub db_ok: bool,
-    /// RabbitMQ answered.
-    pub broker_ok: bool,
-    /// The fleet's paused state (null when the database is down).
-    pub paused: Option<bool>,
-    /// Workers heart-beating in the last 30 s (null when the database is down).
-    pub workers: Option<i64>,
 }
 
 /// Readiness: PostgreSQL reachable.
@@ -60,7 +45,7 @@ async fn gather(state: &AppState) -> Health {
         (None, None)
     };
     Health {
-        status: if db_ok && broker_ok { "ok" } else { "degraded" },
+        status: if db_ok && broker_ok { "ok" } else { "degraded" }.to_owned(),
         db_ok,
         broker_ok,
         paused,
@@ -87,8 +72,8 @@ pub async fn ready(
         return Ok(Json(Ready { ready: true }));
     }
     let body = ErrorBody {
-        error: crate::error::ErrorDetail {
-            code: "not_ready",
+        error: ErrorDetail {
+            code: "not_ready".to_owned(),
             message: "unreachable: postgresql".into(),
             field: None,
         },

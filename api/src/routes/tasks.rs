@@ -5,11 +5,12 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use bgagent_shared::domain::{Attempt, EnqueueRequest, NewTask, Task, TaskStatus};
+use bgagent_shared::domain::{EnqueueRequest, NewTask, Task, TaskStatus};
 use bgagent_shared::queue::ControlMessage;
 use bgagent_shared::store::{CancelOutcome, TaskFilter};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use bgagent_types::{AttemptPage, TaskPage};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -81,16 +82,6 @@ pub struct ListTasksQuery {
     pub cursor: Option<String>,
 }
 
-/// A page of tasks.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskPage {
-    /// Tasks, newest first.
-    pub tasks: Vec<Task>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
 /// List tasks newest first with keyset pagination.
 #[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListTasksQuery),
     responses((status = 200, description = "A page of tasks", body = TaskPage),
@@ -110,7 +101,7 @@ pub async fn task_page(state: &AppState, query: ListTasksQuery) -> ApiResult<Tas
     let status = query
         .status
         .as_deref()
-        .map(str::parse::<TaskStatus>)
+        .map(|s| s.parse::<TaskStatus>().map_err(bgagent_shared::Error::from))
         .transpose()?;
     let agent = query
         .agent
@@ -229,16 +220,6 @@ pub struct ProcessedQuery {
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<i64>)]
     cursor: Option<String>,
-}
-
-/// A page of attempt records.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptPage {
-    /// Attempts, newest first.
-    pub processed: Vec<Attempt>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Attempt records, newest first.

@@ -3,9 +3,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use bgagent_shared::domain::WorkerInfo;
-use serde::Serialize;
-use utoipa::ToSchema;
+use bgagent_types::WorkerList;
 
 use crate::error::ApiResult;
 use crate::state::AppState;
@@ -13,13 +11,6 @@ use crate::state::AppState;
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new().route("/workers", get(list_workers))
-}
-
-/// Workers known from their heartbeats.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerList {
-    /// Workers, latest heartbeat first.
-    pub workers: Vec<WorkerInfo>,
 }
 
 /// Worker processes and their latest heartbeat.

@@ -3,6 +3,7 @@
 use serde_json::Value;
 use sqlx::PgExecutor;
 
+use super::rows::{self, AgentRow};
 use crate::Result;
 use crate::domain::Agent;
 
@@ -13,7 +14,7 @@ pub async fn upsert(
     endpoint: &str,
     meta: &Value,
 ) -> Result<Agent> {
-    Ok(sqlx::query_as(
+    let row: AgentRow = sqlx::query_as(
         "insert into agents (name, endpoint, meta) values ($1, $2, $3)
          on conflict (name) do update set endpoint = excluded.endpoint, meta = excluded.meta,
              updated_at = now()
@@ -23,7 +24,8 @@ pub async fn upsert(
     .bind(endpoint)
     .bind(meta)
     .fetch_one(db)
-    .await?)
+    .await?;
+    Ok(row.into())
 }
 
 /// Remove an agent; false when it was not registered.
@@ -37,21 +39,23 @@ pub async fn delete(db: impl PgExecutor<'_>, name: &str) -> Result<bool> {
 
 /// All agents by name.
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Agent>> {
-    Ok(sqlx::query_as(
+    let rows: Vec<AgentRow> = sqlx::query_as(
         "select name, endpoint, meta, created_at, updated_at from agents order by name limit 10000",
     )
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows::all(rows))
 }
 
 /// One agent.
 pub async fn get(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Agent>> {
-    Ok(sqlx::query_as(
+    let row: Option<AgentRow> = sqlx::query_as(
         "select name, endpoint, meta, created_at, updated_at from agents where name = $1",
     )
     .bind(name)
     .fetch_optional(db)
-    .await?)
+    .await?;
+    Ok(row.map(Agent::from))
 }
 
 /// Up to `limit` registered names, in name order (the metrics' label set).

@@ -5,6 +5,7 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::rows::{self, TaskRow};
 use crate::Result;
 use crate::domain::Task;
 
@@ -17,7 +18,7 @@ pub async fn claim(
     worker_id: &str,
     lease_secs: u64,
 ) -> Result<Vec<Task>> {
-    Ok(sqlx::query_as(concat!(
+    let rows: Vec<TaskRow> = sqlx::query_as(concat!(
         "update tasks set status = 'running', attempts = attempts + 1, worker_id = $2,
                 lease_until = now() + make_interval(secs => $3), started_at = now(),
                 updated_at = now()
@@ -29,7 +30,8 @@ pub async fn claim(
     .bind(worker_id)
     .bind(lease_secs as f64)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows::all(rows))
 }
 
 /// What recording did to one task.

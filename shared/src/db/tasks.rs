@@ -3,6 +3,7 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::rows::{self, AttemptRow, TaskRow};
 use crate::Result;
 use crate::domain::{Attempt, NewTask, Task, TaskStatus};
 use crate::store::{CancelOutcome, Inserted, TaskFilter};
@@ -32,7 +33,7 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
     let delays: Vec<f64> = tasks.iter().map(|t| t.delay_secs as f64).collect();
 
     // `on conflict do nothing` also settles duplicate keys inside one batch: the first row wins.
-    let created: Vec<Task> = sqlx::query_as(concat!(
+    let created: Vec<TaskRow> = sqlx::query_as(concat!(
         "insert into tasks (id, agent, command, meta, idempotency_key, max_attempts, timeout_secs, run_at)
          select id, agent, command, meta, key, max_attempts, timeout_secs,
                 now() + make_interval(secs => delay)
@@ -55,8 +56,11 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
     .fetch_all(db)
     .await?;
 
-    let mut by_id: std::collections::HashMap<Uuid, Task> =
-        created.into_iter().map(|t| (t.id, t)).collect();
+    let mut by_id: std::collections::HashMap<Uuid, Task> = created
+        .into_iter()
+        .map(Task::from)
+        .map(|t| (t.id, t))
+        .collect();
     let missing_keys: Vec<&str> = tasks
         .iter()
         .filter(|t| !by_id.contains_key(&t.id))
@@ -65,7 +69,7 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
     let mut by_key: std::collections::HashMap<String, Task> = if missing_keys.is_empty() {
         Default::default()
     } else {
-        let existing: Vec<Task> = sqlx::query_as(concat!(
+        let existing: Vec<TaskRow> = sqlx::query_as(concat!(
             "select ",
             task_columns!(),
             " from tasks where idempotency_key = any($1)"
@@ -75,6 +79,7 @@ pub async fn insert_batch(db: &sqlx::PgPool, tasks: &[NewTask]) -> Result<Vec<In
         .await?;
         existing
             .into_iter()
+            .map(Task::from)
             .filter_map(|t| t.idempotency_key.clone().map(|k| (k, t)))
             .collect()
     };
@@ -148,19 +153,20 @@ pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64
 
 /// One task.
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>> {
-    Ok(sqlx::query_as(concat!(
+    let row: Option<TaskRow> = sqlx::query_as(concat!(
         "select ",
         task_columns!(),
         " from tasks where id = $1"
     ))
     .bind(id)
     .fetch_optional(db)
-    .await?)
+    .await?;
+    Ok(row.map(Task::from))
 }
 
 /// Tasks newest first, one page.
 pub async fn list(db: impl PgExecutor<'_>, filter: &TaskFilter) -> Result<Vec<Task>> {
-    Ok(sqlx::query_as(concat!(
+    let rows: Vec<TaskRow> = sqlx::query_as(concat!(
         "select ",
         task_columns!(),
         " from tasks
@@ -173,14 +179,15 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &TaskFilter) -> Result<Vec<Ta
     .bind(filter.before)
     .bind(filter.limit)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows::all(rows))
 }
 
 /// Cancel a task: at once when queued, by request when running. One statement decides under
 /// the row lock, so a task that is claimed, retried or finished meanwhile is never missed: it is
 /// cancelled if it was queued, flagged if it was running, and left alone if it had finished.
 pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> Result<CancelOutcome> {
-    let changed: Option<Task> = sqlx::query_as(concat!(
+    let changed: Option<TaskRow> = sqlx::query_as(concat!(
         "update tasks set
                 status = case when status = 'queued' then 'cancelled' else status end,
                 finished_at = case when status = 'queued' then now() else finished_at end,
@@ -196,7 +203,7 @@ pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> Result<CancelOutcome> {
     .fetch_optional(db)
     .await?;
     // Terminal statuses never change again, so a task the update did not match is finished.
-    Ok(match changed {
+    Ok(match changed.map(Task::from) {
         Some(task) if task.status == TaskStatus::Cancelled => CancelOutcome::Cancelled(task),
         Some(task) => CancelOutcome::Requested(task),
         None => match get(db, id).await? {
@@ -212,7 +219,7 @@ pub async fn list_attempts(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Attempt>> {
-    Ok(sqlx::query_as(
+    let rows: Vec<AttemptRow> = sqlx::query_as(
         "select a.id, a.task_id, a.attempt, a.agent, t.command, a.worker_id, a.outcome, a.error,
                 a.started_at, a.finished_at
          from task_attempts a join tasks t on t.id = a.task_id
@@ -222,5 +229,6 @@ pub async fn list_attempts(
     .bind(before)
     .bind(limit)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows::all(rows))
 }

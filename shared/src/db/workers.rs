@@ -2,6 +2,7 @@
 
 use sqlx::PgExecutor;
 
+use super::rows::{self, WorkerRow};
 use crate::Result;
 use crate::domain::WorkerInfo;
 
@@ -10,14 +11,15 @@ pub const LIVE_WINDOW_SECS: i64 = 30;
 
 /// All workers that have not stopped, plus those seen in the last hour, newest heartbeat first.
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<WorkerInfo>> {
-    Ok(sqlx::query_as(
+    let rows: Vec<WorkerRow> = sqlx::query_as(
         "select id, host, version, started_at, last_seen, paused, in_flight, processed, stopped_at
          from workers
          where stopped_at is null or last_seen > now() - interval '1 hour'
          order by last_seen desc limit 1000",
     )
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows::all(rows))
 }
 
 /// Workers heart-beating within [`LIVE_WINDOW_SECS`].
