@@ -5,6 +5,7 @@
 //! Calls are batched where the hot path is (insert, claim, record), so an engine can answer a
 //! batch with one statement and one commit.
 
+pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
