@@ -16,6 +16,8 @@ mod fleet;
 mod rows;
 mod runs;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
