@@ -72,6 +72,11 @@ impl From<sqlx::Error> for Error {
             {
                 Self::DatabaseUnavailable(err.to_string())
             }
+            // SQLite's SQLITE_BUSY (5) or SQLITE_LOCKED (6), whatever the extended code: the file
+            // lock was not granted in time.
+            sqlx::Error::Database(ref db) if sqlite_busy(db.as_ref()) => {
+                Self::DatabaseUnavailable(err.to_string())
+            }
             other => Self::Database(Box::new(other)),
         }
     }
@@ -87,6 +92,12 @@ impl From<bgagent_types::ParseStatusError> for Error {
     fn from(err: bgagent_types::ParseStatusError) -> Self {
         Self::invalid("status", err.to_string())
     }
+}
+
+fn sqlite_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(|e| sqlx::error::DatabaseError::code(e)?.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 impl From<lapin::Error> for Error {

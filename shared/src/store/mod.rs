@@ -6,6 +6,7 @@
 //! batch with one statement and one commit.
 
 pub mod postgres;
+pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
