@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the local PostgreSQL and RabbitMQ answer, starting them when they are installed but
 # stopped. With DATABASE_URL / AMQP_URL pointing elsewhere, those servers are the caller's to run.
+# Where neither can be started here but a Docker engine answers, the Rust integration tests start
+# both with testcontainers (tests/integration/common.rs), so that is not an error.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -45,6 +47,12 @@ ensure_rabbitmq() {
   wait_for RabbitMQ 127.0.0.1 5672 120
 }
 
-ensure_postgres
-ensure_rabbitmq
-echo "services: PostgreSQL and RabbitMQ are up"
+docker_engine() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+if ensure_postgres && ensure_rabbitmq; then
+  echo "services: PostgreSQL and RabbitMQ are up"
+elif docker_engine; then
+  echo "services: not available locally; the integration tests start them with testcontainers"
+else
+  exit 1
+fi

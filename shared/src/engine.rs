@@ -1,13 +1,16 @@
 //! An engine: one task store and one task queue that belong together.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::Result;
 use crate::config::{BrokerConfig, DatabaseConfig};
 use crate::queue::TaskQueue;
+use crate::queue::local::LocalQueue;
 use crate::queue::rabbit::RabbitQueue;
 use crate::store::TaskStore;
 use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
 
 /// The store and queue an API or worker runs on; cheap to clone.
 #[derive(Clone)]
@@ -35,6 +38,16 @@ impl Engine {
                 &format!("{name}/publish"),
                 heartbeat_secs,
             )?),
+        })
+    }
+
+    /// The embedded engine: a SQLite file in `data_dir` (created when absent, migrated) and an
+    /// in-process queue. One process owns a data dir at a time.
+    pub async fn embedded(data_dir: &Path) -> Result<Self> {
+        let store = SqliteStore::open(data_dir).await?;
+        Ok(Self {
+            store: Arc::new(store),
+            queue: Arc::new(LocalQueue::new()),
         })
     }
 

@@ -43,7 +43,12 @@ pub struct BenchArgs {
     /// the local servers).
     #[arg(long)]
     pub spawn: bool,
-    /// Worker processes to start with `--spawn`.
+    /// With `--spawn`: one `bgagent dev` process on the embedded engine (a SQLite file in a fresh
+    /// data dir, the in-process queue) instead of PostgreSQL and RabbitMQ.
+    #[arg(long, requires = "spawn")]
+    pub embedded: bool,
+    /// Worker processes to start with `--spawn` (worker loops in the one process with
+    /// `--embedded`).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Give up waiting for the tasks to finish after this many seconds.
@@ -57,6 +62,7 @@ pub struct Report {
     tasks: usize,
     concurrency: usize,
     agent: String,
+    engine: Option<&'static str>,
     workers: Option<usize>,
     enqueue_seconds: f64,
     enqueue_per_sec: f64,
@@ -92,7 +98,9 @@ pub async fn run(
     if args.tasks == 0 || args.concurrency == 0 {
         bail!("--tasks and --concurrency must be at least 1");
     }
-    let spawned = if args.spawn {
+    let spawned = if args.spawn && args.embedded {
+        Some(SpawnedSystem::start_embedded(args.workers).await?)
+    } else if args.spawn {
         Some(SpawnedSystem::start(args.workers).await?)
     } else {
         None
@@ -232,6 +240,13 @@ async fn measure(
         tasks: args.tasks,
         concurrency: args.concurrency,
         agent: agent.to_owned(),
+        engine: spawned.map(|_| {
+            if args.embedded {
+                "embedded"
+            } else {
+                "postgresql+rabbitmq"
+            }
+        }),
         workers: spawned.map(|_| args.workers),
         enqueue_seconds,
         enqueue_per_sec: ids.len() as f64 / enqueue_seconds,
@@ -342,6 +357,7 @@ fn print_table(r: &Report) {
     let rows = [
         ("tasks", format!("{} ({} agent)", r.tasks, r.agent)),
         ("clients", r.concurrency.to_string()),
+        ("engine", r.engine.unwrap_or("running system").to_owned()),
         (
             "workers",
             r.workers.map_or("existing".to_owned(), |w| w.to_string()),

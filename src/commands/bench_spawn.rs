@@ -1,9 +1,12 @@
 //! `bgagent bench --spawn`: the API and workers as separate processes on a fresh database and
-//! broker prefix, so one command measures a clean setup, and removes everything afterwards.
+//! broker prefix, or (`--embedded`) one `bgagent dev` process on a fresh data dir, so one command
+//! measures a clean setup, and removes everything afterwards.
 
 use anyhow::{Context, bail};
 use bgagent_shared::config::{BrokerConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
-use bgagent_shared::db;
+use bgagent_shared::store::TaskStore;
+use bgagent_shared::store::postgres::PgStore;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,13 +16,65 @@ pub struct SpawnedSystem {
     pub url: String,
     /// Its API key.
     pub api_key: String,
-    database_url: String,
-    broker: BrokerConfig,
+    storage: Storage,
     api: Child,
     workers: Vec<Child>,
 }
 
+/// What a spawned system stores, and where, to remove it afterwards.
+enum Storage {
+    Services {
+        database_url: String,
+        broker: BrokerConfig,
+    },
+    Embedded {
+        data_dir: PathBuf,
+    },
+}
+
 impl SpawnedSystem {
+    /// One `bgagent dev` process on the embedded engine, with `workers` worker loops, on a fresh
+    /// data dir; wait until it is ready.
+    pub async fn start_embedded(workers: usize) -> anyhow::Result<Self> {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let data_dir = std::env::temp_dir().join(format!("bgagent-bench-{suffix}"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let api_key = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let exe = std::env::current_exe().context("cannot find the bgagent executable")?;
+        let dev = Command::new(&exe)
+            .arg("dev")
+            .env_remove("DATABASE_URL")
+            .env_remove("AMQP_URL")
+            .env("BGAGENT_DATA_DIR", &data_dir)
+            .env("BGAGENT_BIND", format!("127.0.0.1:{port}"))
+            .env("BACKGROUND_AGENT_API_KEY", &api_key)
+            .env("BGAGENT_DEV_WORKERS", workers.max(1).to_string())
+            .env("BGAGENT_METRICS_BIND", "off")
+            .env("BGAGENT_LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start bgagent dev")?;
+        let mut system = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            api_key,
+            storage: Storage::Embedded { data_dir },
+            api: dev,
+            workers: Vec::new(),
+        };
+        if let Err(e) = system.wait_ready().await {
+            system.stop().await?;
+            return Err(e);
+        }
+        Ok(system)
+    }
+
     /// Create the database, start the processes and wait until the API is ready.
     pub async fn start(workers: usize) -> anyhow::Result<Self> {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
@@ -29,8 +84,8 @@ impl SpawnedSystem {
         let database_url = database_url.to_string();
         let amqp_url = std::env::var("AMQP_URL").unwrap_or_else(|_| LOCAL_AMQP_URL.into());
         let prefix = format!("bench-{suffix}");
-        db::ensure_database(&database_url).await?;
-        let pool = db::pool(
+        PgStore::create_database(&database_url).await?;
+        let store = PgStore::connect_lazy(
             &bgagent_shared::config::DatabaseConfig {
                 database_url: Some(database_url.clone().into()),
                 db_pool_size: 1,
@@ -38,8 +93,8 @@ impl SpawnedSystem {
             },
             "bgagent-bench",
         )?;
-        db::migrate(&pool).await?;
-        pool.close().await;
+        store.migrate().await?;
+        store.close().await;
 
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -77,11 +132,13 @@ impl SpawnedSystem {
         let mut system = Self {
             url: format!("http://127.0.0.1:{port}"),
             api_key,
-            database_url,
-            broker: BrokerConfig {
-                amqp_url: Some(amqp_url.into()),
-                broker_prefix: prefix,
-                delivery_limit: 20,
+            storage: Storage::Services {
+                database_url,
+                broker: BrokerConfig {
+                    amqp_url: Some(amqp_url.into()),
+                    broker_prefix: prefix,
+                    delivery_limit: 20,
+                },
             },
             api,
             workers: Vec::new(),
@@ -143,7 +200,7 @@ impl SpawnedSystem {
             .reduce(f64::max)
     }
 
-    /// SIGTERM every process, wait for them, and remove the database and broker objects.
+    /// SIGTERM every process, wait for them, and remove what they stored.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for child in self
             .workers
@@ -152,7 +209,14 @@ impl SpawnedSystem {
         {
             terminate(child);
         }
-        super::dev::teardown(&self.database_url, &self.broker).await
+        match &self.storage {
+            Storage::Services {
+                database_url,
+                broker,
+            } => super::dev::teardown(database_url, broker).await,
+            Storage::Embedded { data_dir } => std::fs::remove_dir_all(data_dir)
+                .with_context(|| format!("cannot remove {}", data_dir.display())),
+        }
     }
 }
 

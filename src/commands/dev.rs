@@ -1,14 +1,18 @@
-//! `bgagent dev`: everything in one process for local use: creates the database if absent,
-//! migrates, starts the API and workers, and prints the URL and API key.
+//! `bgagent dev`: everything in one process for local use: the API and workers, on the embedded
+//! engine (a SQLite file and an in-process queue; nothing to install) when neither
+//! `DATABASE_URL` nor `AMQP_URL` is set, or on PostgreSQL and RabbitMQ when both are. It prints
+//! the URL and the API key.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use bgagent_api::{Api, ApiConfig};
 use bgagent_shared::config::BrokerConfig;
-use bgagent_shared::db;
+use bgagent_shared::engine::Engine;
+use bgagent_shared::store::postgres::PgStore;
 use bgagent_shared::telemetry::{self, LogFormat};
-use bgagent_worker::{Worker, WorkerConfig, WorkerOptions};
+use bgagent_worker::{Worker, WorkerConfig, WorkerOptions, default_worker_id};
 use rand::RngCore;
 use secrecy::ExposeSecret;
+use std::path::PathBuf;
 
 /// Arguments of `bgagent dev`.
 #[derive(clap::Args)]
@@ -17,7 +21,12 @@ pub struct DevArgs {
     api: ApiConfig,
     #[command(flatten)]
     worker: WorkerOptions,
-    /// Drop the database and delete this prefix's exchanges and queues on exit (tests, demos).
+    /// Where the embedded engine keeps its SQLite file (default: the platform's user data
+    /// directory, e.g. ~/.local/share/bgagent). Not used with PostgreSQL and RabbitMQ.
+    #[arg(long, env = "BGAGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Remove everything this run stored on exit: the embedded engine's data dir, or the
+    /// PostgreSQL database and this prefix's exchanges and queues (tests, demos).
     #[arg(long)]
     ephemeral: bool,
     /// Workers to run in this process.
@@ -28,22 +37,88 @@ pub struct DevArgs {
     log_format: LogFormat,
 }
 
+/// Which engine a dev run uses, and what it stores where.
+enum Choice {
+    Embedded { data_dir: PathBuf },
+    PostgresRabbitmq,
+}
+
+impl Choice {
+    fn pick(args: &DevArgs) -> anyhow::Result<Self> {
+        let database = args.api.database.database_url.is_some();
+        let broker = args.api.broker.amqp_url.is_some();
+        match (database, broker) {
+            (false, false) => Ok(Self::Embedded {
+                data_dir: data_dir(args)?,
+            }),
+            (true, true) => Ok(Self::PostgresRabbitmq),
+            (true, false) => bail!(
+                "DATABASE_URL is set but AMQP_URL is not: set both for PostgreSQL and RabbitMQ, \
+                 or neither for the embedded engine"
+            ),
+            (false, true) => bail!(
+                "AMQP_URL is set but DATABASE_URL is not: set both for PostgreSQL and RabbitMQ, \
+                 or neither for the embedded engine"
+            ),
+        }
+    }
+}
+
+fn data_dir(args: &DevArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.data_dir {
+        return Ok(dir.clone());
+    }
+    if args.ephemeral {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        return Ok(std::env::temp_dir().join(format!("bgagent-dev-{}", &suffix[..12])));
+    }
+    let base = dirs::data_dir()
+        .context("no user data directory on this platform: set BGAGENT_DATA_DIR or --data-dir")?;
+    Ok(base.join("bgagent"))
+}
+
 /// Run the command until Ctrl-C / SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
+    let choice = Choice::pick(&args)?;
     let mut config = args.api;
-    config.database = config.database.or_local();
-    config.broker = config.broker.or_local();
     let generated = config.api_key.is_none() && config.api_key_file.is_none();
     if generated {
         config.api_key = Some(random_key().into());
     }
-    db::ensure_database(config.database.url()?).await.context(
-        "cannot reach PostgreSQL to create the database (is it running? set DATABASE_URL)",
-    )?;
-    let api = Api::build(&config).await.context("cannot start the API")?;
+    let (engine, described) = match &choice {
+        Choice::Embedded { data_dir } => {
+            let engine = Engine::embedded(data_dir)
+                .await
+                .with_context(|| format!("cannot open the data dir {}", data_dir.display()))?;
+            let file = data_dir.join(bgagent_shared::store::sqlite::FILE_NAME);
+            let described = format!(
+                "embedded (SQLite file {}, in-process queue)",
+                file.display()
+            );
+            (engine, described)
+        }
+        Choice::PostgresRabbitmq => {
+            PgStore::create_database(config.database.url()?)
+                .await
+                .context("cannot reach PostgreSQL to create the database (is it running?)")?;
+            let host = bgagent_shared::telemetry::hostname();
+            let engine = Engine::postgres_rabbitmq(
+                &config.database,
+                &config.broker,
+                &format!("bgagent-dev@{host}"),
+                args.worker.amqp_heartbeat_secs,
+            )?;
+            (engine, "PostgreSQL + RabbitMQ".to_owned())
+        }
+    };
+    // Dev mode always brings its schema up to date, whatever BGAGENT_MIGRATE says.
+    config.migrate = true;
+    let api = Api::with_engine(&config, engine.clone())
+        .await
+        .context("cannot start the API")?;
     let mut workers = Vec::new();
-    for n in 0..args.workers {
+    for n in 0..args.workers.max(1) {
         let mut options = args.worker.clone();
         // One metrics port per process: only the first in-process worker serves it.
         if n > 0 {
@@ -55,8 +130,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             egress: config.egress.clone(),
             options,
         };
+        let id = worker_config
+            .options
+            .worker_id
+            .clone()
+            .map(|id| if n > 0 { format!("{id}-{n}") } else { id })
+            .unwrap_or_else(default_worker_id);
         workers.push(
-            Worker::build(&worker_config)
+            Worker::with_engine(&worker_config, engine.clone(), id)
                 .await
                 .context("cannot start a worker")?,
         );
@@ -69,6 +150,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         addr.ip().to_string()
     };
     println!("Background Agent is running (Ctrl-C stops it)");
+    println!("  engine: {described}");
     println!("  BGAGENT_URL=http://{shown_host}:{}", addr.port());
     if generated {
         println!("  BACKGROUND_AGENT_API_KEY={}", key.expose_secret());
@@ -90,11 +172,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             failure.get_or_insert(e);
         }
     }
+    engine.store.close().await;
+    drop(engine);
     if args.ephemeral {
-        teardown(config.database.url()?, &config.broker)
-            .await
-            .context("cannot remove the ephemeral database and broker objects")?;
-        println!("ephemeral run: database and broker objects removed");
+        match &choice {
+            Choice::Embedded { data_dir } => {
+                std::fs::remove_dir_all(data_dir).with_context(|| {
+                    format!(
+                        "cannot remove the ephemeral data dir {}",
+                        data_dir.display()
+                    )
+                })?;
+                println!("ephemeral run: data dir removed");
+            }
+            Choice::PostgresRabbitmq => {
+                teardown(config.database.url()?, &config.broker)
+                    .await
+                    .context("cannot remove the ephemeral database and broker objects")?;
+                println!("ephemeral run: database and broker objects removed");
+            }
+        }
     }
     match failure {
         Some(e) => Err(e.into()),
@@ -108,24 +205,10 @@ fn random_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Remove what an ephemeral run (or `bench --spawn`) created: its database and its prefix's
-/// exchanges and queues.
+/// Remove what an ephemeral run (or `bench --spawn`) created on PostgreSQL and RabbitMQ: its
+/// database and its prefix's exchanges and queues.
 pub async fn teardown(database_url: &str, broker: &BrokerConfig) -> anyhow::Result<()> {
-    let topology =
-        bgagent_shared::queue::rabbit::Topology::new(&broker.broker_prefix, broker.delivery_limit);
-    let conn = bgagent_shared::queue::rabbit::connect(broker.url()?, "bgagent-teardown").await?;
-    let channel = conn.create_channel().await?;
-    for queue in topology.queues() {
-        channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await?;
-    }
-    for exchange in topology.exchanges() {
-        channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await?;
-    }
-    let _ = conn.close(200, "bye".into()).await;
-    db::drop_database(database_url).await?;
+    bgagent_shared::queue::rabbit::delete_objects(broker).await?;
+    PgStore::drop_database(database_url).await?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use bgagent_shared::config::DatabaseConfig;
-use bgagent_shared::db;
+use bgagent_shared::store::TaskStore;
+use bgagent_shared::store::postgres::PgStore;
 
 /// Arguments of `bgagent migrate`.
 #[derive(clap::Args)]
@@ -18,21 +19,13 @@ pub struct MigrateArgs {
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let url = args.database.url()?;
     if args.create_database {
-        db::ensure_database(url)
+        PgStore::create_database(url)
             .await
             .context("cannot create the database")?;
     }
-    let pool = db::pool(&args.database, "bgagent-migrate")?;
-    db::migrate(&pool).await.context("migration failed")?;
-    let applied: i64 = sqlx_count(&pool).await?;
+    let store = PgStore::connect_lazy(&args.database, "bgagent-migrate")?;
+    store.migrate().await.context("migration failed")?;
+    let applied = store.applied_migrations().await?;
     println!("migrations applied ({applied} in total)");
     Ok(())
-}
-
-async fn sqlx_count(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
-            .fetch_one(pool)
-            .await?,
-    )
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 async fn row_published(env: &TestEnv, id: &str) -> Option<bool> {
     sqlx::query_scalar::<_, bool>("select published_at is not null from tasks where id = $1")
         .bind(Uuid::parse_str(id).unwrap())
-        .fetch_optional(&env.db)
+        .fetch_optional(env.db())
         .await
         .unwrap()
 }
@@ -157,7 +157,7 @@ async fn one_idempotency_key_makes_one_task_under_concurrency() {
     assert_eq!(created, 1, "exactly one request creates the task");
     assert_eq!(ids.len(), 1, "every answer names the same task");
     let rows: i64 = sqlx::query_scalar("select count(*) from tasks")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert_eq!(rows, 1);
@@ -207,7 +207,7 @@ async fn cancel_queued_running_and_finished_tasks() {
         "update tasks set status = 'running', worker_id = 'w-1', attempts = 1 where id = $1",
     )
     .bind(running_id)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     let (status, requested) = api
@@ -263,7 +263,7 @@ async fn processed_lists_attempts_newest_first() {
         .bind(id)
         .bind(attempt)
         .bind(outcome)
-        .execute(&env.db)
+        .execute(env.db())
         .await
         .unwrap();
     }
@@ -309,7 +309,7 @@ async fn stop_and_start_store_state_and_broadcast() {
         assert_eq!(body["paused"], paused);
         assert_eq!(body["broadcast"], true);
         let stored: bool = sqlx::query_scalar("select paused from control")
-            .fetch_one(&env.db)
+            .fetch_one(env.db())
             .await
             .unwrap();
         assert_eq!(stored, paused);
@@ -398,7 +398,7 @@ async fn workers_health_ready_metrics_and_openapi() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(workers["workers"], json!([]));
     sqlx::query("insert into workers (id, host, version) values ('w-1', 'h', '0.1.0')")
-        .execute(&env.db)
+        .execute(env.db())
         .await
         .unwrap();
     let (_, workers) = api.get("/workers").await;
@@ -656,7 +656,7 @@ async fn bad_input_gets_precise_errors_and_creates_nothing() {
     );
 
     let rows: i64 = sqlx::query_scalar("select count(*) from tasks")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert_eq!(rows, 0, "no bad request created a task");

@@ -44,7 +44,7 @@ async fn pause(env: &TestEnv, api: &TestApi) {
         let running: i64 = sqlx::query_scalar(
             "select count(*) from workers where stopped_at is null and not paused",
         )
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
         running == 0
@@ -57,7 +57,7 @@ async fn count(env: &TestEnv, ids: &[Uuid], status: &str) -> usize {
         sqlx::query_scalar("select count(*) from tasks where id = any($1) and status = $2")
             .bind(ids)
             .bind(status)
-            .fetch_one(&env.db)
+            .fetch_one(env.db())
             .await
             .unwrap();
     usize::try_from(n).unwrap()
@@ -69,7 +69,7 @@ async fn published(env: &TestEnv, ids: &[Uuid]) -> usize {
         "select count(*) from tasks where id = any($1) and published_at is not null",
     )
     .bind(ids)
-    .fetch_one(&env.db)
+    .fetch_one(env.db())
     .await
     .unwrap();
     usize::try_from(n).unwrap()
@@ -99,7 +99,7 @@ async fn tasks_survive(loss: Loss, check_secs: u64) {
         })
         .await;
     wait_for("the first epoch marker", WAIT, async || {
-        bgagent_shared::db::runs::broker_epoch(&env.db)
+        bgagent_shared::db::runs::broker_epoch(env.db())
             .await
             .unwrap()
             .is_some()

@@ -5,14 +5,17 @@
 use bgagent_api::{Api, ApiConfig};
 use bgagent_shared::config::{BrokerConfig, DatabaseConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
 use bgagent_shared::db;
-use bgagent_shared::domain::Task;
+use bgagent_shared::domain::{NewTask, Task, TaskStatus};
+use bgagent_shared::engine::Engine;
+use bgagent_shared::store::{TaskFilter, TaskStore};
 use bgagent_worker::{Worker, WorkerConfig, WorkerOptions};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -122,15 +125,90 @@ mod containers {
     }
 }
 
-/// One test's private database and broker prefix, removed on drop.
+/// The engines a test body can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// PostgreSQL and RabbitMQ: this test's own database and broker prefix.
+    Postgres,
+    /// A SQLite file in this test's own data dir and an in-process queue.
+    Embedded,
+}
+
+/// Run one test body on both engines: `name::postgres` and `name::embedded`.
+#[macro_export]
+macro_rules! both_engines {
+    ($(#[$meta:meta])* async fn $name:ident($env:ident: TestEnv) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($env: $crate::common::TestEnv) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                body($crate::common::TestEnv::new().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                body($crate::common::TestEnv::embedded().await).await
+            }
+        }
+    };
+}
+
+/// One test's private storage, removed on drop: a database and broker prefix (PostgreSQL and
+/// RabbitMQ), or a data dir (embedded).
 pub struct TestEnv {
+    pub kind: EngineKind,
     pub database_url: String,
     pub amqp_url: String,
     pub prefix: String,
-    pub db: PgPool,
+    /// The rows, on either engine.
+    pub store: Arc<dyn TaskStore>,
+    pg: Option<PgPool>,
+    /// The embedded engine, shared by this test's API and workers.
+    embedded: Option<Engine>,
+    data_dir: Option<PathBuf>,
 }
 
 impl TestEnv {
+    /// A test environment on `kind`.
+    pub async fn with(kind: EngineKind) -> Self {
+        match kind {
+            EngineKind::Postgres => Self::new().await,
+            EngineKind::Embedded => Self::embedded().await,
+        }
+    }
+
+    /// A fresh data dir with the embedded engine.
+    pub async fn embedded() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let data_dir = std::env::temp_dir().join(format!("bgagent-test-{id}"));
+        let engine = Engine::embedded(&data_dir)
+            .await
+            .expect("open the embedded engine");
+        Self {
+            kind: EngineKind::Embedded,
+            database_url: String::new(),
+            amqp_url: String::new(),
+            prefix: format!("test-{}", &id[..12]),
+            store: engine.store.clone(),
+            pg: None,
+            embedded: Some(engine),
+            data_dir: Some(data_dir),
+        }
+    }
+
+    /// The PostgreSQL pool of a PostgreSQL-only test.
+    pub fn db(&self) -> &PgPool {
+        self.pg
+            .as_ref()
+            .expect("this test needs PostgreSQL: build it with TestEnv::new()")
+    }
+
+    /// A fresh database and broker prefix on PostgreSQL and RabbitMQ.
     pub async fn new() -> Self {
         let services = services();
         let id = Uuid::new_v4().simple().to_string();
@@ -140,14 +218,23 @@ impl TestEnv {
         db::ensure_database(&database_url)
             .await
             .expect("create the test database");
-        let env = Self {
-            db: db::pool(&database_config(&database_url), "bgagent-test").expect("pool"),
+        let pool = db::pool(&database_config(&database_url), "bgagent-test").expect("pool");
+        db::migrate(&pool).await.expect("migrate");
+        let store = bgagent_shared::store::postgres::PgStore::connect_lazy(
+            &database_config(&database_url),
+            "bgagent-test",
+        )
+        .expect("store");
+        Self {
+            kind: EngineKind::Postgres,
+            pg: Some(pool),
+            store: Arc::new(store),
             database_url,
             amqp_url: services.amqp_url.clone(),
             prefix: format!("test-{}", &id[..12]),
-        };
-        db::migrate(&env.db).await.expect("migrate");
-        env
+            embedded: None,
+            data_dir: None,
+        }
     }
 
     pub fn database_config(&self) -> DatabaseConfig {
@@ -217,7 +304,13 @@ impl TestEnv {
             egress,
             options,
         };
-        let worker = Worker::build(&config).await?;
+        let worker = match &self.embedded {
+            Some(engine) => {
+                Worker::with_engine(&config, engine.clone(), bgagent_worker::default_worker_id())
+                    .await?
+            }
+            None => Worker::build(&config).await?,
+        };
         let id = worker.id().to_owned();
         let metrics_addr = worker.metrics_addr();
         let shutdown = CancellationToken::new();
@@ -230,8 +323,14 @@ impl TestEnv {
         })
     }
 
-    /// Environment for a worker or API process of this test.
+    /// Environment for a worker or API process of this test (PostgreSQL and RabbitMQ only:
+    /// another process cannot share the embedded engine).
     pub fn process_env(&self) -> Vec<(&'static str, String)> {
+        assert_eq!(
+            self.kind,
+            EngineKind::Postgres,
+            "processes need PostgreSQL and RabbitMQ"
+        );
         vec![
             ("DATABASE_URL", self.database_url.clone()),
             ("AMQP_URL", self.amqp_url.clone()),
@@ -271,6 +370,31 @@ impl TestEnv {
         published: bool,
     ) -> Vec<Uuid> {
         let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+        if self.kind == EngineKind::Embedded {
+            let tasks: Vec<NewTask> = ids
+                .iter()
+                .map(|id| NewTask {
+                    id: *id,
+                    agent: agent.to_owned(),
+                    command: command.to_owned(),
+                    meta: meta.clone(),
+                    idempotency_key: None,
+                    max_attempts: 5,
+                    timeout_secs: 300,
+                    delay_secs: 0,
+                })
+                .collect();
+            for inserted in self.store.insert_tasks(&tasks).await {
+                inserted.expect("insert tasks");
+            }
+            if published {
+                self.store
+                    .mark_published(&ids)
+                    .await
+                    .expect("mark published");
+            }
+            return ids;
+        }
         sqlx::query(
             "insert into tasks (id, agent, command, meta, published_at)
              select id, $2, $3, $4, case when $5 then now() end from unnest($1::uuid[]) as t(id)",
@@ -280,7 +404,7 @@ impl TestEnv {
         .bind(command)
         .bind(meta)
         .bind(published)
-        .execute(&self.db)
+        .execute(self.db())
         .await
         .expect("insert tasks");
         ids
@@ -330,7 +454,9 @@ impl TestEnv {
     ) -> Task {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let task = db::tasks::get(&self.db, id)
+            let task = self
+                .store
+                .task(id)
                 .await
                 .expect("read task")
                 .expect("task exists");
@@ -348,12 +474,15 @@ impl TestEnv {
     pub async fn wait_all_terminal(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let open: i64 = sqlx::query_scalar(
-                "select count(*) from tasks where status in ('queued', 'running')",
-            )
-            .fetch_one(&self.db)
-            .await
-            .expect("count");
+            let mut open = 0;
+            for status in [TaskStatus::Queued, TaskStatus::Running] {
+                let filter = TaskFilter {
+                    status: Some(status),
+                    limit: 1000,
+                    ..Default::default()
+                };
+                open += self.store.tasks(&filter).await.expect("count").len();
+            }
             if open == 0 {
                 return;
             }
@@ -374,7 +503,15 @@ impl TestEnv {
     }
 
     pub async fn spawn_api(&self) -> TestApi {
-        TestApi::spawn(self.api_config()).await
+        self.spawn_api_with(self.api_config()).await
+    }
+
+    /// An API of this test with `config` (on this test's engine).
+    pub async fn spawn_api_with(&self, config: ApiConfig) -> TestApi {
+        match &self.embedded {
+            Some(engine) => TestApi::spawn_on(config, engine.clone()).await,
+            None => TestApi::spawn(config).await,
+        }
     }
 
     pub async fn amqp(&self) -> lapin::Connection {
@@ -426,10 +563,18 @@ fn database_config(url: &str) -> DatabaseConfig {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if let Some(dir) = self.data_dir.take() {
+            // The files may still be open by API and worker tasks winding down; on Unix the
+            // directory goes anyway.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                eprintln!("cleanup: cannot remove {}: {e}", dir.display());
+            }
+            return;
+        }
         let database_url = self.database_url.clone();
         let amqp_url = self.amqp_url.clone();
         let topology = self.topology();
-        let pool = self.db.clone();
+        let pool = self.db().clone();
         // Drop runs inside the test's runtime, which cannot be blocked on: clean up on a thread
         // with a runtime of its own, and wait for it so nothing outlives the test.
         let cleanup = std::thread::spawn(move || {
@@ -472,8 +617,21 @@ pub struct TestApi {
 }
 
 impl TestApi {
+    /// An API on PostgreSQL and RabbitMQ as `config` says.
     pub async fn spawn(config: ApiConfig) -> Self {
         let api = Api::build(&config).await.expect("build the API");
+        Self::serve(api)
+    }
+
+    /// An API on `engine`.
+    pub async fn spawn_on(config: ApiConfig, engine: Engine) -> Self {
+        let api = Api::with_engine(&config, engine)
+            .await
+            .expect("build the API");
+        Self::serve(api)
+    }
+
+    fn serve(api: Api) -> Self {
         let addr = api.local_addr().expect("bound address");
         let shutdown = CancellationToken::new();
         tokio::spawn(api.run_until_stopped(shutdown.clone()));

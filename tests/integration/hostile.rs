@@ -32,7 +32,7 @@ async fn register(api: &TestApi, name: &str, agent: &FakeAgent) {
 
 async fn count_tasks(env: &TestEnv) -> i64 {
     sqlx::query_scalar("select count(*) from tasks")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap()
 }
@@ -120,7 +120,7 @@ async fn a_failing_shared_insert_fails_only_the_task_that_caused_it() {
     let tasks: Vec<NewTask> = (0..9)
         .map(|i| task(if i == 6 { "a\u{0}b" } else { "ok" }))
         .collect();
-    let results = db::tasks::insert_each(&env.db, &tasks).await;
+    let results = db::tasks::insert_each(env.db(), &tasks).await;
     assert_eq!(results.len(), 9);
     for (i, (result, task)) in results.iter().zip(&tasks).enumerate() {
         match result {
@@ -169,7 +169,7 @@ async fn numbers_read_back_equal_and_an_unreadable_row_breaks_nothing() {
         r#"insert into tasks (id, agent, command, meta) values ($1, 'echo', 'x', '{"n": 1e400}')"#,
     )
     .bind(legacy)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     let (status, page) = api.get("/tasks").await;
@@ -273,14 +273,14 @@ async fn an_outcome_the_database_refuses_fails_only_its_task() {
         "alter table tasks add constraint refuse_poison
              check (result is null or not (result ? 'poison')) not valid",
     )
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     sqlx::query(
         "alter table tasks add constraint refuse_doomed
              check (agent <> 'doomed' or status in ('queued', 'running')) not valid",
     )
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     let poisoner = FakeAgent::start(vec![Reply::ok(r#"{"poison":true}"#)]).await;

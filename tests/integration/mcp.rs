@@ -367,7 +367,7 @@ async fn mcp_errors_name_the_field_and_the_unknown_id() {
         Err(ServiceError::McpError(_))
     ));
     let count: i64 = sqlx::query_scalar("select count(*) from tasks")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert_eq!(count, 0);

@@ -22,7 +22,7 @@ async fn states(env: &TestEnv, ids: &[Uuid]) -> Vec<(String, i32)> {
     let mut rows: Vec<(Uuid, String, i32)> =
         sqlx::query_as("select id, status, attempts from tasks where id = any($1)")
             .bind(ids)
-            .fetch_all(&env.db)
+            .fetch_all(env.db())
             .await
             .unwrap();
     rows.sort_by_key(|(id, ..)| ids.iter().position(|i| i == id));
@@ -162,7 +162,7 @@ async fn the_api_puts_tasks_enqueued_together_in_shared_messages() {
     wait_for("every task published", async || {
         let published: i64 =
             sqlx::query_scalar("select count(*) from tasks where published_at is not null")
-                .fetch_one(&env.db)
+                .fetch_one(env.db())
                 .await
                 .unwrap();
         published == 50

@@ -25,7 +25,7 @@ async fn a_worker_restarted_with_the_same_id_lets_orphaned_leases_expire() {
     // The previous incarnation of "w-same" claimed the task, then died (SIGKILL): the row says
     // running under its id with a lease, and its message was acknowledged by nobody that cares.
     sqlx::query("insert into workers (id, host, version) values ('w-same', 'test', 'test')")
-        .execute(&env.db)
+        .execute(env.db())
         .await
         .unwrap();
     sqlx::query(
@@ -34,7 +34,7 @@ async fn a_worker_restarted_with_the_same_id_lets_orphaned_leases_expire() {
          where id = $1",
     )
     .bind(id)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
 
@@ -57,7 +57,7 @@ async fn a_worker_restarted_with_the_same_id_lets_orphaned_leases_expire() {
         "select attempt, outcome from task_attempts where task_id = $1 order by attempt",
     )
     .bind(id)
-    .fetch_all(&env.db)
+    .fetch_all(env.db())
     .await
     .unwrap();
     assert_eq!(
@@ -76,18 +76,18 @@ async fn a_late_publish_mark_leaves_a_handed_back_task_to_the_relay() {
     let id = env
         .insert_tasks("echo", "handed back", json!({}), 1, false)
         .await[0];
-    let claimed = db::runs::claim(&env.db, &[id], "w-stopping", 30)
+    let claimed = db::runs::claim(env.db(), &[id], "w-stopping", 30)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    let released = db::runs::release(&env.db, "w-stopping", &[(id, 1)])
+    let released = db::runs::release(env.db(), "w-stopping", &[(id, 1)])
         .await
         .unwrap();
     assert_eq!(released, 1);
 
-    let marked = db::tasks::mark_published(&env.db, &[id]).await.unwrap();
+    let marked = db::tasks::mark_published(env.db(), &[id]).await.unwrap();
     assert_eq!(marked, 0, "a claimed task's first message is spent");
-    let mut tx = env.db.begin().await.unwrap();
+    let mut tx = env.db().begin().await.unwrap();
     let relayed = db::runs::lock_unpublished(&mut tx, 10, 0.0).await.unwrap();
     assert_eq!(
         relayed,
@@ -99,10 +99,10 @@ async fn a_late_publish_mark_leaves_a_handed_back_task_to_the_relay() {
     // A task never claimed is marked, and the relay leaves it alone.
     let fresh = env.insert_tasks("echo", "fresh", json!({}), 1, false).await[0];
     assert_eq!(
-        db::tasks::mark_published(&env.db, &[fresh]).await.unwrap(),
+        db::tasks::mark_published(env.db(), &[fresh]).await.unwrap(),
         1
     );
-    let mut tx = env.db.begin().await.unwrap();
+    let mut tx = env.db().begin().await.unwrap();
     let relayed = db::runs::lock_unpublished(&mut tx, 10, 0.0).await.unwrap();
     assert_eq!(relayed, vec![id]);
 }

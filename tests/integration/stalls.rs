@@ -94,7 +94,7 @@ async fn an_enqueue_past_its_deadline_is_withdrawn_or_reported_unknown() {
         }
     }
     let rows: i64 = sqlx::query_scalar("select count(*) from tasks")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert_eq!(rows, 20);
@@ -118,7 +118,7 @@ async fn an_enqueue_past_its_deadline_is_withdrawn_or_reported_unknown() {
         .unwrap()
         .expect("the client's retries get through");
     let copies: i64 = sqlx::query_scalar("select count(*) from tasks where command = 'patient'")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert_eq!(copies, 1, "{enqueued:?}");
@@ -177,7 +177,7 @@ async fn the_reaper_judges_leases_only_with_a_current_view() {
          values ('w-gone', 'h', 'v', now() - interval '2 hours', now() - interval '1 minute'),
                 ('w-restarted', 'h', 'v', now(), now())",
     )
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     // Four running tasks whose lease expired: one with attempts left; one on its last attempt
@@ -197,18 +197,18 @@ async fn the_reaper_judges_leases_only_with_a_current_view() {
     .bind(ids[2])
     .bind(ids[3])
     .bind(&ids)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
 
-    let db_now = db::now(&env.db).await.unwrap();
-    let late = db::runs::reap(&env.db, 30.0, db_now - chrono::Duration::seconds(1))
+    let db_now = db::now(env.db()).await.unwrap();
+    let late = db::runs::reap(env.db(), 30.0, db_now - chrono::Duration::seconds(1))
         .await
         .unwrap();
     assert!(late.is_empty(), "a late statement reaps nothing: {late:?}");
 
-    let db_now = db::now(&env.db).await.unwrap();
-    let reaped = db::runs::reap(&env.db, 30.0, db_now + chrono::Duration::seconds(5))
+    let db_now = db::now(env.db()).await.unwrap();
+    let reaped = db::runs::reap(env.db(), 30.0, db_now + chrono::Duration::seconds(5))
         .await
         .unwrap();
     let mut got: Vec<(Uuid, String)> = reaped.into_iter().map(|r| (r.task_id, r.status)).collect();
@@ -220,7 +220,7 @@ async fn the_reaper_judges_leases_only_with_a_current_view() {
     ];
     want.sort();
     assert_eq!(got, want, "the recent last attempt keeps running");
-    let kept = db::tasks::get(&env.db, ids[1]).await.unwrap().unwrap();
+    let kept = db::tasks::get(env.db(), ids[1]).await.unwrap().unwrap();
     assert_eq!(kept.status, TaskStatus::Running);
 }
 
@@ -246,7 +246,7 @@ async fn a_late_outcome_counts_unless_a_newer_attempt_began() {
          where id = $1",
     )
     .bind(reaped_failed)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     sqlx::query(
@@ -254,7 +254,7 @@ async fn a_late_outcome_counts_unless_a_newer_attempt_began() {
          select id, 1, agent, worker_id, 'failed', last_error, started_at from tasks where id = $1",
     )
     .bind(reaped_failed)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
     // A newer attempt began elsewhere: the late outcome must not overwrite it.
@@ -264,7 +264,7 @@ async fn a_late_outcome_counts_unless_a_newer_attempt_began() {
          where id = $1",
     )
     .bind(superseded)
-    .execute(&env.db)
+    .execute(env.db())
     .await
     .unwrap();
 
@@ -275,7 +275,7 @@ async fn a_late_outcome_counts_unless_a_newer_attempt_began() {
     let outcome: String =
         sqlx::query_scalar("select outcome from task_attempts where task_id = $1 and attempt = 1")
             .bind(reaped_failed)
-            .fetch_one(&env.db)
+            .fetch_one(env.db())
             .await
             .unwrap();
     assert_eq!(
@@ -286,7 +286,7 @@ async fn a_late_outcome_counts_unless_a_newer_attempt_began() {
     // The worker has recorded the superseded attempt by now too (both slept as long); it was
     // dropped: the newer attempt still holds the task.
     let processed = |id: Uuid| {
-        let db = env.db.clone();
+        let db = env.db().clone();
         async move {
             sqlx::query_scalar::<_, i64>("select count(*) from task_attempts where task_id = $1")
                 .bind(id)
@@ -296,7 +296,7 @@ async fn a_late_outcome_counts_unless_a_newer_attempt_began() {
         }
     };
     assert_eq!(processed(superseded).await, 0);
-    let held = db::tasks::get(&env.db, superseded).await.unwrap().unwrap();
+    let held = db::tasks::get(env.db(), superseded).await.unwrap().unwrap();
     assert_eq!(
         (held.status, held.attempts, held.worker_id.as_deref()),
         (TaskStatus::Running, 2, Some("w-other"))

@@ -26,7 +26,7 @@ async fn attempts_of(
 ) -> Vec<(i32, String, Option<String>, chrono::DateTime<chrono::Utc>)> {
     sqlx::query_as("select attempt, outcome, error, finished_at from task_attempts where task_id = $1 order by attempt")
         .bind(id)
-        .fetch_all(&env.db)
+        .fetch_all(env.db())
         .await
         .unwrap()
 }
@@ -367,7 +367,7 @@ async fn stop_holds_queued_tasks_lets_running_ones_finish_and_start_drains() {
     // ...and nothing new starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in &held {
-        let task = bgagent_shared::db::tasks::get(&env.db, *id)
+        let task = bgagent_shared::db::tasks::get(env.db(), *id)
             .await
             .unwrap()
             .unwrap();
@@ -384,7 +384,7 @@ async fn stop_holds_queued_tasks_lets_running_ones_finish_and_start_drains() {
     let late = env.spawn_worker(env.worker_options()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in &held {
-        let task = bgagent_shared::db::tasks::get(&env.db, *id)
+        let task = bgagent_shared::db::tasks::get(env.db(), *id)
             .await
             .unwrap()
             .unwrap();
@@ -398,7 +398,7 @@ async fn stop_holds_queued_tasks_lets_running_ones_finish_and_start_drains() {
     api.post("/start", &json!({})).await;
     env.wait_all_terminal(WAIT).await;
     for id in &held {
-        let task = bgagent_shared::db::tasks::get(&env.db, *id)
+        let task = bgagent_shared::db::tasks::get(env.db(), *id)
             .await
             .unwrap()
             .unwrap();
@@ -414,18 +414,18 @@ async fn a_worker_that_missed_the_stop_message_reconciles_with_the_stored_state(
     let api = env.spawn_api().await;
     let _worker = env.spawn_worker(env.worker_options()).await;
     // Pause behind the broker's back: only the stored state changes.
-    bgagent_shared::db::control::set_paused(&env.db, true, "test")
+    bgagent_shared::db::control::set_paused(env.db(), true, "test")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let task = api.enqueue(&json!({"agent": "echo", "command": "x"})).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let still = bgagent_shared::db::tasks::get(&env.db, id_of(&task))
+    let still = bgagent_shared::db::tasks::get(env.db(), id_of(&task))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(still.status, TaskStatus::Queued);
-    bgagent_shared::db::control::set_paused(&env.db, false, "test")
+    bgagent_shared::db::control::set_paused(env.db(), false, "test")
         .await
         .unwrap();
     let done = env
@@ -478,7 +478,7 @@ async fn cancelled_tasks_end_cancelled_and_never_succeed() {
         (200, Some("cancelled"))
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = bgagent_shared::db::tasks::get(&env.db, id_of(&delayed))
+    let after = bgagent_shared::db::tasks::get(env.db(), id_of(&delayed))
         .await
         .unwrap()
         .unwrap();
@@ -493,7 +493,7 @@ async fn cancelled_tasks_end_cancelled_and_never_succeed() {
         .await;
     sqlx::query("update tasks set cancel_requested = true where id = $1")
         .bind(id_of(&quiet))
-        .execute(&env.db)
+        .execute(env.db())
         .await
         .unwrap();
     let done = env
@@ -568,13 +568,13 @@ async fn two_worker_processes_run_each_task_exactly_once() {
     assert!(per_task.values().all(|&n| n == 1), "no task ran twice");
     let succeeded: i64 =
         sqlx::query_scalar("select count(*) from tasks where status = 'succeeded'")
-            .fetch_one(&env.db)
+            .fetch_one(env.db())
             .await
             .unwrap();
     assert_eq!(succeeded, 1000);
     let by_worker: Vec<(String, i64)> =
         sqlx::query_as("select worker_id, count(*) from task_attempts group by worker_id")
-            .fetch_all(&env.db)
+            .fetch_all(env.db())
             .await
             .unwrap();
     assert_eq!(
@@ -610,17 +610,17 @@ async fn sigterm_during_work_leaves_nothing_running() {
     assert!(status.success(), "clean exit: {status:?}");
 
     let running: i64 = sqlx::query_scalar("select count(*) from tasks where status = 'running'")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert_eq!(running, 0, "a clean stop leaves no task running");
     let stopped: bool = sqlx::query_scalar("select stopped_at is not null from workers")
-        .fetch_one(&env.db)
+        .fetch_one(env.db())
         .await
         .unwrap();
     assert!(stopped);
     // The long ones went back to the queue without burning an attempt, and a new worker runs them.
-    let long = bgagent_shared::db::tasks::get(&env.db, ids[1])
+    let long = bgagent_shared::db::tasks::get(env.db(), ids[1])
         .await
         .unwrap()
         .unwrap();
@@ -629,13 +629,13 @@ async fn sigterm_during_work_leaves_nothing_running() {
     options.concurrency = 32;
     let _next = env.spawn_worker(options).await;
     sqlx::query("update tasks set meta = '{\"ms\": 10}' where status = 'queued'")
-        .execute(&env.db)
+        .execute(env.db())
         .await
         .unwrap();
     env.wait_all_terminal(WAIT).await;
     let succeeded: i64 =
         sqlx::query_scalar("select count(*) from tasks where status = 'succeeded'")
-            .fetch_one(&env.db)
+            .fetch_one(env.db())
             .await
             .unwrap();
     assert_eq!(succeeded, 20);

@@ -320,7 +320,7 @@ async fn register(shared: &Shared, shutdown: &CancellationToken) -> bool {
 }
 
 /// `host-pid-random`: unique across restarts and replicas, readable in the management UI.
-fn default_worker_id() -> String {
+pub fn default_worker_id() -> String {
     let suffix: u32 = rand::random();
     format!(
         "{}-{}-{:08x}",

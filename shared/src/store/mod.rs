@@ -195,6 +195,9 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn now(&self) -> Result<DateTime<Utc>>;
     /// Whether the store answers within `timeout`.
     async fn ping(&self, timeout: Duration) -> bool;
+    /// Close the store's connections at the end of the process (the embedded engine checkpoints
+    /// its write-ahead log). Calls after this fail.
+    async fn close(&self) {}
 
     /// Insert tasks, one result per task in input order. A task whose idempotency key exists
     /// returns the existing row (`created: false`). One task the store refuses fails alone.

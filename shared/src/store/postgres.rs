@@ -31,6 +31,30 @@ impl PgStore {
             pool: db::pool(config, application_name)?,
         })
     }
+
+    /// Create the database named in `url` when it does not exist (dev mode, tests, benchmarks).
+    pub async fn create_database(url: &str) -> Result<()> {
+        db::ensure_database(url).await
+    }
+
+    /// Drop the database named in `url` (ephemeral runs, test clean-up).
+    pub async fn drop_database(url: &str) -> Result<()> {
+        db::drop_database(url).await
+    }
+
+    /// Migrations applied so far.
+    pub async fn applied_migrations(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Close the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
 }
 
 /// A stored name the schema's check constraint guarantees; anything else is a corrupt row.
@@ -63,6 +87,10 @@ impl TaskStore for PgStore {
 
     async fn ping(&self, timeout: Duration) -> bool {
         db::ping(&self.pool, timeout).await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn insert_tasks(&self, tasks: &[NewTask]) -> Vec<Result<Inserted>> {

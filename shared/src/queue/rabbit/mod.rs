@@ -95,6 +95,25 @@ impl RabbitQueue {
     }
 }
 
+/// Delete every exchange and queue of `config`'s prefix (ephemeral runs, benchmarks).
+pub async fn delete_objects(config: &BrokerConfig) -> Result<()> {
+    let topology = Topology::new(&config.broker_prefix, config.delivery_limit);
+    let conn = connect(config.url()?, "bgagent-teardown").await?;
+    let channel = conn.create_channel().await?;
+    for queue in topology.queues() {
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+    }
+    for exchange in topology.exchanges() {
+        channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
+
 #[async_trait]
 impl TaskQueue for RabbitQueue {
     fn engine(&self) -> &'static str {

@@ -45,8 +45,11 @@ use crate::{Error, Result};
 /// of `migrations/`, not its subdirectories).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// Last-attempt grace of the recovery at open (the reaper's rule; unused for tasks whose worker
+/// is known stopped, which all are at open).
+const RECOVERY_GRACE: Duration = Duration::from_secs(30);
 /// The database file in the data directory.
-const DB_FILE: &str = "bgagent.db";
+pub const FILE_NAME: &str = "bgagent.db";
 /// The file whose lock says which process owns the data directory (it holds that process's pid).
 const LOCK_FILE: &str = "bgagent.lock";
 /// Read connections: enough for the API's concurrent reads beside the workers.
@@ -88,9 +91,9 @@ impl SqliteStore {
     ///
     /// Owning the directory means nothing else runs against these rows, so opening also cleans
     /// up after a process that was killed:
-    /// - every worker not marked stopped is marked stopped now, so the reaper returns the tasks
-    ///   they left `running` at once (or fails them, on their last attempt) instead of waiting
-    ///   for their leases;
+    /// - every worker not marked stopped is marked stopped now, and the tasks they left
+    ///   `running` go back to the queue at once (or fail, on their last attempt), as the reaper
+    ///   would have done once their leases expired;
     /// - every queued task is made unpublished, because the in-process queue starts empty: the
     ///   relay publishes them all again from the rows.
     pub async fn open(data_dir: &Path) -> Result<Self> {
@@ -101,7 +104,7 @@ impl SqliteStore {
             ))
         })?;
         let owner = own(data_dir)?;
-        let path = data_dir.join(DB_FILE);
+        let path = data_dir.join(FILE_NAME);
         let base = SqliteConnectOptions::new()
             .filename(&path)
             .busy_timeout(BUSY_TIMEOUT)
@@ -141,14 +144,29 @@ impl SqliteStore {
             .connect_with(base.pragma("query_only", "on"))
             .await
             .map_err(cannot_open)?;
-        Ok(Self {
+        let store = Self {
             path,
             writer,
             readers,
             relay: Arc::default(),
             broker_check: Arc::default(),
             _owner: owner,
-        })
+        };
+        // The previous owner is gone for sure (we hold its lock), so its running tasks are
+        // recovered now rather than after a reaper's settling period.
+        let recovered = store
+            .reap(
+                RECOVERY_GRACE,
+                chrono::Utc::now() + chrono::Duration::minutes(1),
+            )
+            .await?;
+        if !recovered.is_empty() {
+            tracing::warn!(
+                tasks = recovered.len(),
+                "recovered the tasks a stopped process left running"
+            );
+        }
+        Ok(store)
     }
 
     /// The database file (for banners).
@@ -272,6 +290,10 @@ impl TaskStore for SqliteStore {
             tokio::time::timeout(timeout, sqlx::query("select 1").execute(&self.readers)).await,
             Ok(Ok(_))
         )
+    }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await;
     }
 
     async fn insert_tasks(&self, tasks: &[NewTask]) -> Vec<Result<Inserted>> {
