@@ -1,11 +1,14 @@
 # Sourced by the suites that drive a running system: start a throwaway `bgagent dev` (API and
-# workers, a fresh database and broker prefix, a generated key) and stop it when the suite exits.
+# workers, a generated key) on either engine and stop it when the suite exits (or on stop_dev).
 #
-#   start_dev NAME WORKERS   sets DEV_URL, DEV_KEY, DEV_PID, DEV_LOG (its JSON log), DEV_WORK
-#                            (a scratch directory removed with it); returns once /health answers
+#   start_dev NAME WORKERS [ENGINE]   ENGINE is `postgres` (default: a fresh database and broker
+#                            prefix on the local or DATABASE_URL / AMQP_URL servers) or `embedded`
+#                            (a fresh data dir, no servers); sets DEV_URL, DEV_KEY, DEV_PID,
+#                            DEV_LOG (its JSON log), DEV_WORK (a scratch directory removed with
+#                            it); returns once /health answers
 
 start_dev() {
-  local name="$1" workers="$2"
+  local name="$1" workers="$2" engine="${3:-postgres}"
   : "${CARGO_TARGET_DIR:=$HOME/.cache/bgagent/target}"
   export CARGO_TARGET_DIR
   cargo build --quiet --bin bgagent
@@ -18,8 +21,15 @@ start_dev() {
   DEV_URL="http://127.0.0.1:$port"
   DEV_WORK="$(mktemp -d)"
   DEV_LOG="$DEV_WORK/dev.log"
-  DATABASE_URL="${base_db%/*}/bgagent_${name}_$suffix" \
-  BGAGENT_BROKER_PREFIX="$name-$suffix" \
+  local -a storage
+  if [[ "$engine" == embedded ]]; then
+    storage=(-u DATABASE_URL -u AMQP_URL "BGAGENT_DATA_DIR=$DEV_WORK/data")
+  else
+    storage=("DATABASE_URL=${base_db%/*}/bgagent_${name}_$suffix"
+      "AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+      "BGAGENT_BROKER_PREFIX=$name-$suffix")
+  fi
+  env "${storage[@]}" \
   BACKGROUND_AGENT_API_KEY="$DEV_KEY" \
   BGAGENT_BIND="127.0.0.1:$port" \
   BGAGENT_METRICS_BIND=off \
@@ -37,7 +47,9 @@ start_dev() {
 }
 
 stop_dev() {
+  [[ -n "${DEV_PID:-}" ]] || return 0
   kill -TERM "$DEV_PID" 2>/dev/null || true
   wait "$DEV_PID" 2>/dev/null || true
   rm -rf "$DEV_WORK"
+  DEV_PID=""
 }

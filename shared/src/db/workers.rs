@@ -6,8 +6,6 @@ use super::rows::{self, WorkerRow};
 use crate::Result;
 use crate::domain::WorkerInfo;
 
-/// Workers whose heartbeat is newer than this count as live.
-pub const LIVE_WINDOW_SECS: i64 = 30;
 
 /// All workers that have not stopped, plus those seen in the last hour, newest heartbeat first.
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<WorkerInfo>> {
@@ -22,13 +20,13 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<WorkerInfo>> {
     Ok(rows::all(rows))
 }
 
-/// Workers heart-beating within [`LIVE_WINDOW_SECS`].
+/// Workers heart-beating within [`crate::store::LIVE_WINDOW`].
 pub async fn count_live(db: impl PgExecutor<'_>) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "select count(*) from workers
          where stopped_at is null and last_seen > now() - make_interval(secs => $1)",
     )
-    .bind(LIVE_WINDOW_SECS as f64)
+    .bind(crate::store::LIVE_WINDOW.as_secs_f64())
     .fetch_one(db)
     .await?)
 }

@@ -180,7 +180,9 @@ pub trait LockGuard: Send {
 pub trait DueBatch: Send {
     /// The tasks to publish, oldest due first.
     fn ids(&self) -> &[Uuid];
-    /// Mark `published` (those the queue confirmed) published and let the rest go.
+    /// Mark `published` (those the queue confirmed) published and let the rest go. Only rows
+    /// still as they were taken are marked: a row claimed and sent back meanwhile needs its next
+    /// run published again (PostgreSQL's row locks guarantee this; other engines check).
     async fn commit(self: Box<Self>, published: &[Uuid]) -> Result<()>;
 }
 
