@@ -1,6 +1,6 @@
 """Schemathesis hooks for the fuzz suite (scripts/suites/30-fuzz.sh).
 
-Two rules of the API cannot be written in JSON Schema, so generated requests are adjusted to
+Three rules of the API cannot be written in JSON Schema, so generated requests are adjusted to
 respect them instead of being reported as "valid data refused":
 
 - A task's or agent's `meta` may hold any JSON number a 64-bit float can hold (every one reads
@@ -10,15 +10,34 @@ respect them instead of being reported as "valid data refused":
 - The `Idempotency-Key` header and the body's `idempotency_key` must agree when both are sent
   (422 otherwise); a schema cannot relate a header to a body field, so a disagreeing header is
   dropped.
+- An agent's `endpoint` must pass the egress policy, which refuses the unspecified, link-local
+  and metadata addresses in every spelling (`0`, `0x0`, `000…0` are all 0.0.0.0). A schema
+  cannot tell a host name from a numeric address spelling, so an endpoint whose host is all
+  digits, dots or hex is given a host the policy allows (refusals are tested in
+  tests/integration/egress.rs).
 """
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 import schemathesis
 
 # Integers beyond this are out of a double's range.
 MAX_INTEGER = 10**300
 HEADER_KEY = re.compile(r"^[!-~]([ -~]*[!-~])?$")
+NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9.]+)$", re.IGNORECASE)
+
+
+def _allowed_endpoint(endpoint):
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname or ""
+    except ValueError:
+        return endpoint
+    if not NUMERIC_HOST.match(host):
+        return endpoint
+    netloc = "agent.example.com" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _bounded(value):
@@ -37,6 +56,8 @@ def _bounded(value):
 def map_body(context, body):
     if isinstance(body, dict) and isinstance(body.get("meta"), dict):
         body = dict(body, meta=_bounded(body["meta"]))
+    if isinstance(body, dict) and isinstance(body.get("endpoint"), str):
+        body = dict(body, endpoint=_allowed_endpoint(body["endpoint"]))
     return body
 
 
