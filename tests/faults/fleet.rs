@@ -1,5 +1,6 @@
 //! The system under test as separate processes: one `bgagent api` and three `bgagent worker`
-//! (ids w1..w3), each logging to its own file, killed on drop.
+//! (ids w1..w3), each logging to its own file, killed on drop; or (scenario 12) one `bgagent dev`
+//! on the embedded engine.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(name: &str, args: &[&str], env: Vec<(String, String)>, log_dir: &Path) -> Self {
+    pub fn new(name: &str, args: &[&str], env: Vec<(String, String)>, log_dir: &Path) -> Self {
         Self {
             name: name.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -131,6 +132,43 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.kill9();
     }
+}
+
+/// One `bgagent dev` process on the embedded engine: the API and two worker loops (ids `e1`,
+/// `e1-1`) on a SQLite file in `data_dir`, with an in-process queue. Its environment is cleared
+/// first, so neither `DATABASE_URL` nor `AMQP_URL` reaches it; the workers' settings are those of
+/// the fleet's workers. Logs to `<log_dir>/dev.log`; not started yet.
+pub fn embedded_dev(data_dir: &Path, api_key: &str, api_port: u16, log_dir: &Path) -> Proc {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+        (
+            "BGAGENT_DATA_DIR".to_owned(),
+            data_dir.display().to_string(),
+        ),
+        ("BGAGENT_BIND".to_owned(), format!("127.0.0.1:{api_port}")),
+        ("BACKGROUND_AGENT_API_KEY".to_owned(), api_key.to_owned()),
+    ];
+    env.extend(
+        [
+            ("BGAGENT_DEV_WORKERS", "2"),
+            ("BGAGENT_WORKER_ID", "e1"),
+            ("BGAGENT_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+            ("BGAGENT_METRICS_BIND", "off"),
+            ("BGAGENT_HEARTBEAT_SECS", "1"),
+            ("BGAGENT_LEASE_SECS", "10"),
+            ("BGAGENT_RELAY_INTERVAL_MS", "50"),
+            ("BGAGENT_RETRY_BASE_MS", "100"),
+            ("BGAGENT_CONCURRENCY", "32"),
+            ("BGAGENT_PREFETCH", "64"),
+            ("BGAGENT_SHUTDOWN_GRACE_SECS", "10"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    if let Ok(per_message) = std::env::var("BGAGENT_TASKS_PER_MESSAGE") {
+        env.push(("BGAGENT_TASKS_PER_MESSAGE".to_owned(), per_message));
+    }
+    Proc::new("dev", &["dev"], env, log_dir)
 }
 
 /// Settings shared by the API and the workers of one scenario.

@@ -1,6 +1,7 @@
-//! Load through HTTP, as a real client sends it: every enqueue carries an idempotency key, and a
+//! Load through HTTP, as a real client sends it: an enqueue carries an idempotency key, and a
 //! 5xx, 408, 429, timeout or connection error is retried with the SAME key until it is accepted.
-//! Accepted = any 2xx; the id it names is counted once.
+//! Accepted = any 2xx; the id it names is counted once. A task sent without a key
+//! ([`Spec::keyless`]) is retried only where nothing can have been accepted.
 
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
@@ -26,16 +27,41 @@ pub struct Client {
 /// A task to enqueue.
 #[derive(Clone, Debug)]
 pub struct Spec {
+    /// The idempotency key sent with it; for a task sent without one ([`Spec::keyless`]), only
+    /// the load's label of it.
     pub key: String,
     pub body: Value,
+    /// Whether `key` is sent as the `Idempotency-Key`.
+    pub send_key: bool,
 }
 
 impl Spec {
+    /// A task with this idempotency key.
+    pub fn keyed(key: String, body: Value) -> Self {
+        Self {
+            key,
+            body,
+            send_key: true,
+        }
+    }
+
     /// A task for the `recorder` agent.
     pub fn recorder(key: String, meta: Value) -> Self {
+        Self::keyed(
+            key.clone(),
+            json!({"agent": "recorder", "command": key, "meta": meta}),
+        )
+    }
+
+    /// A task sent without an idempotency key (`label` names it in the load's results only). It
+    /// cannot be retried safely: it is sent again only when the connection was refused (nothing
+    /// reached the API) or the API answered 503 or 429 (nothing was accepted); any other failure
+    /// gives it up, its outcome unknown.
+    pub fn keyless(label: String, body: Value) -> Self {
         Self {
-            body: json!({"agent": "recorder", "command": key.clone(), "meta": meta}),
-            key,
+            key: label,
+            body,
+            send_key: false,
         }
     }
 }
@@ -118,14 +144,15 @@ impl Client {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let result = self
+            let mut request = self
                 .http
                 .post(format!("{}/enqueue", self.base))
-                .header("x-api-key", &self.key)
-                .header("idempotency-key", &spec.key)
-                .json(&spec.body)
-                .send()
-                .await;
+                .header("x-api-key", &self.key);
+            if spec.send_key {
+                request = request.header("idempotency-key", &spec.key);
+            }
+            let result = request.json(&spec.body).send().await;
+            let refused = result.as_ref().is_err_and(reqwest::Error::is_connect);
             let (status, body) = match result {
                 Ok(res) => {
                     let status = res.status();
@@ -149,7 +176,17 @@ impl Client {
                     .with_context(|| format!("enqueue answered {status} without an id: {body}"))?;
                 return Ok(Enqueued { id, status });
             }
-            let transient = status == 0 || status == 408 || status == 429 || status >= 500;
+            let transient = if spec.send_key {
+                status == 0 || status == 408 || status == 429 || status >= 500
+            } else {
+                refused || status == 429 || status == 503
+            };
+            if !transient && !spec.send_key && (status == 0 || status >= 500) {
+                anyhow::bail!(
+                    "keyless enqueue {} not retried after {status} {body}: outcome unknown",
+                    spec.key
+                );
+            }
             if !transient {
                 anyhow::bail!("enqueue {} refused: {status} {body}", spec.key);
             }

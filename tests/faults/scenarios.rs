@@ -1,5 +1,6 @@
-//! The nine scenarios (ten rows: the broker is stopped cleanly and killed). Each one starts a
-//! fresh database, broker prefix, API and three workers, drives tasks through HTTP (2,000, or 600 in scenario 9)
+//! The twelve scenarios (thirteen rows: the broker is stopped cleanly and killed). Scenarios 1-11
+//! each start a fresh database, broker prefix, API and three workers; scenario 12 one `bgagent dev`
+//! process on the embedded engine. Each drives tasks through HTTP (2,000, or 600 in scenario 11)
 //! while it injects its faults, then hands accepted ids and receipts to the checker.
 
 use anyhow::{Context, Result};
@@ -12,8 +13,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::check::{self, Row};
-use crate::fleet::WORKER_IDS;
-use crate::load::{Accepted, Spec};
+use crate::fleet::{Proc, WORKER_IDS};
+use crate::load::{Accepted, Client, Spec};
 use crate::{Env, ScenarioFn, Suite, step};
 
 /// Tasks per scenario.
@@ -39,6 +40,7 @@ pub fn all() -> Vec<(&'static str, ScenarioFn)> {
         ("s9-postgres-freeze", |s| Box::pin(postgres_freeze(s))),
         ("s10-worker-freeze", |s| Box::pin(worker_freeze(s))),
         ("s11-broker-data-loss", |s| Box::pin(broker_data_loss(s))),
+        ("s12-embedded-kill", |s| Box::pin(embedded_kill(s))),
     ]
 }
 
@@ -91,6 +93,43 @@ async fn finish(
             row.wrong_status
         ));
     }
+    answer_notes(&mut row, accepted);
+    let mut guard = env.fleet.lock().await;
+    let fleet = &mut *guard;
+    for p in std::iter::once(&mut fleet.api).chain(fleet.workers.iter_mut()) {
+        if !p.running() {
+            row.fail(format!(
+                "{} was not running at the end of the scenario",
+                p.name
+            ));
+        }
+    }
+    log_findings(
+        &mut row,
+        std::iter::once(&fleet.api).chain(fleet.workers.iter()),
+    );
+    if !row.failures.is_empty() {
+        println!("faults: log tails of {name}:\n{}", fleet.tails(25));
+        match suite.mq.ctl(&[
+            "list_queues",
+            "name",
+            "type",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ]) {
+            Ok(queues) => println!("faults: broker queues:\n{queues}"),
+            Err(e) => println!("faults: cannot list the broker's queues: {e:#}"),
+        }
+    }
+    fleet.stop().await;
+    drop(guard);
+    env.db.close().await;
+    row
+}
+
+/// What the load saw: every answer, and the enqueues it gave up.
+fn answer_notes(row: &mut Row, accepted: &Accepted) {
     let answers: Vec<String> = accepted
         .answers
         .statuses
@@ -114,19 +153,13 @@ async fn finish(
             accepted.answers.given_up[0]
         ));
     }
-    let mut guard = env.fleet.lock().await;
-    let fleet = &mut *guard;
-    for p in std::iter::once(&mut fleet.api).chain(fleet.workers.iter_mut()) {
-        if !p.running() {
-            row.fail(format!(
-                "{} was not running at the end of the scenario",
-                p.name
-            ));
-        }
-    }
+}
+
+/// Panics (a failure) and ERROR lines (a note) in the processes' logs.
+fn log_findings<'a>(row: &mut Row, procs: impl Iterator<Item = &'a Proc>) {
     let mut errors = 0;
     let mut panics = 0;
-    for p in std::iter::once(&fleet.api).chain(fleet.workers.iter()) {
+    for p in procs {
         let text = std::fs::read_to_string(&p.log).unwrap_or_default();
         errors += text.matches("\"level\":\"ERROR\"").count();
         panics += text.matches("panicked").count();
@@ -137,24 +170,6 @@ async fn finish(
     if errors > 0 {
         row.note(format!("{errors} ERROR lines in the process logs"));
     }
-    if !row.failures.is_empty() {
-        println!("faults: log tails of {name}:\n{}", fleet.tails(25));
-        match suite.mq.ctl(&[
-            "list_queues",
-            "name",
-            "type",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ]) {
-            Ok(queues) => println!("faults: broker queues:\n{queues}"),
-            Err(e) => println!("faults: cannot list the broker's queues: {e:#}"),
-        }
-    }
-    fleet.stop().await;
-    drop(guard);
-    env.db.close().await;
-    row
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,11 +705,11 @@ async fn poison(suite: &mut Suite) -> Result<Row> {
     let poison = env
         .client
         .enqueue(
-            &Spec {
-                key: "s7-poison".into(),
-                body: json!({"agent": "recorder", "command": "poison", "meta": {"poison": true},
-                             "max_attempts": 3}),
-            },
+            &Spec::keyed(
+                "s7-poison".into(),
+                json!({"agent": "recorder", "command": "poison", "meta": {"poison": true},
+                       "max_attempts": 3}),
+            ),
             &Mutex::default(),
         )
         .await?;
@@ -978,5 +993,271 @@ async fn broker_data_loss(suite: &mut Suite) -> Result<Row> {
         },
     )
     .await;
+    Ok(row)
+}
+
+/// The tasks of scenario 12, interleaved: per 20, one slow recorder task (1.5 s at the agent, so
+/// some are running at the kill), one `sleep` of 1 s, one `echo` sent without an idempotency key,
+/// one keyed `echo` and 16 plain recorder tasks.
+fn embedded_specs(n: usize) -> Vec<Spec> {
+    (0..n)
+        .map(|i| match i % 20 {
+            0 => Spec::recorder(format!("s12-slow-{i:05}"), json!({"delay_ms": 1500})),
+            5 => Spec::keyed(
+                format!("s12-sleep-{i:05}"),
+                json!({"agent": "sleep", "command": "nap", "meta": {"ms": 1000}}),
+            ),
+            10 => Spec::keyless(
+                format!("s12-keyless-echo-{i:05}"),
+                json!({"agent": "echo", "command": format!("keyless {i}")}),
+            ),
+            15 => Spec::keyed(
+                format!("s12-echo-{i:05}"),
+                json!({"agent": "echo", "command": format!("keyed {i}")}),
+            ),
+            _ => Spec::recorder(format!("s12-{i:05}"), json!({})),
+        })
+        .collect()
+}
+
+/// Wait until the `bgagent dev` process answers `/health` and shows two live worker loops.
+async fn embedded_ready(client: &Client, dev: &mut Proc, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        anyhow::ensure!(
+            dev.running(),
+            "bgagent dev exited while starting\n{}",
+            dev.tail(25)
+        );
+        if let Ok((status, body)) = client.get("/workers").await
+            && status.is_success()
+        {
+            let live = body["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|w| w["stopped_at"].is_null())
+                .count();
+            if live == 2 {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bgagent dev not ready in {timeout:?}\n{}",
+            dev.tail(25)
+        );
+        sleep(0.1).await;
+    }
+}
+
+/// Ids of the tasks `GET /tasks?status=…` lists now (every page).
+async fn listed(client: &Client, status: &str) -> Result<Vec<Uuid>> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/tasks?status={status}&limit=500");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (code, body) = client.get(&path).await?;
+        anyhow::ensure!(code.is_success(), "GET {path}: {code} {body}");
+        ids.extend(
+            body["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())),
+        );
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(ids),
+        }
+    }
+}
+
+/// Scenario 12: the embedded engine. One `bgagent dev` process — the API and two worker loops on a
+/// SQLite file with an in-process queue — is SIGKILLed under load and started again at once on the
+/// same data dir. Its rows are reachable only through its API, so the checker reads
+/// `GET /tasks/{id}`. Every accepted task must exist and finish `succeeded` (one kill takes one
+/// attempt at most, every task has three); a task may run twice only if it was at the agent when
+/// the process died (once before the kill, once after the restart).
+async fn embedded_kill(suite: &mut Suite) -> Result<Row> {
+    const NAME: &str = "12. embedded: kill -9 bgagent dev under load, restart";
+    let t0 = Instant::now();
+    let dir = suite.root.path().join("s12");
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    *suite.current_logs.lock().unwrap() = Some(dir.clone());
+    let port = crate::services::spare_ports(1)?[0];
+    let mut dev = crate::fleet::embedded_dev(&data_dir, &suite.api_key, port, &dir);
+    dev.start()?;
+    let client = Client::new(&format!("http://127.0.0.1:{port}"), &suite.api_key)?;
+    embedded_ready(&client, &mut dev, Duration::from_secs(60)).await?;
+    let (status, body) = client
+        .post(
+            "/agents/register",
+            &json!({"name": "recorder", "endpoint": suite.agent.url}),
+        )
+        .await?;
+    anyhow::ensure!(status.is_success(), "register the agent: {status} {body}");
+    step(
+        t0,
+        "bgagent dev up (embedded, 2 worker loops); load 2000 tasks at 125/s",
+    );
+    let specs = embedded_specs(TASKS);
+    let keyed: std::collections::HashSet<String> = specs
+        .iter()
+        .filter(|s| s.send_key)
+        .map(|s| s.key.clone())
+        .collect();
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move { client.drive(specs, 125.0, IN_FLIGHT).await })
+    };
+    sleep(6.0).await;
+    let running_at_kill = listed(&client, "running").await?;
+    dev.kill9()?;
+    let killed = Instant::now();
+    step(
+        t0,
+        &format!(
+            "SIGKILLed bgagent dev ({} tasks running); starting it again on the same data dir",
+            running_at_kill.len()
+        ),
+    );
+    dev.start()?;
+    let restarted = Instant::now();
+    embedded_ready(&client, &mut dev, Duration::from_secs(60)).await?;
+    let boot = restarted.elapsed();
+    step(t0, &format!("bgagent dev up again ({})", secs(boot)));
+    let accepted = load.await?;
+    step(t0, &format!("load done: {} accepted", accepted.ids.len()));
+    let (mut row, tasks) = check::check_http(
+        NAME,
+        &client,
+        &accepted.ids,
+        &keyed,
+        || suite.agent.receipts(),
+        &|| restarted,
+        SETTLE,
+    )
+    .await;
+    let last_accepted = accepted.at.values().max().copied().unwrap_or(restarted);
+    row.note(format!(
+        "killed with {} tasks running; restarted {} after the kill, ready {} later; the load \
+         went on for {} after the restart (the drain includes it)",
+        running_at_kill.len(),
+        secs(restarted - killed),
+        secs(boot),
+        secs(last_accepted.saturating_duration_since(restarted))
+    ));
+    if row.failed > 0 {
+        let sample = tasks
+            .values()
+            .find(|t| t.status == "failed")
+            .and_then(|t| t.last_error.clone())
+            .unwrap_or_default();
+        row.fail(format!(
+            "{} tasks failed (one kill takes one of three attempts at most); e.g. {sample}",
+            row.failed
+        ));
+    }
+    if row.wrong_status > 0 {
+        row.fail(format!(
+            "wrong final status = {} (failed although the agent answered 200)",
+            row.wrong_status
+        ));
+    }
+    // At least once: a task may run again only if the process died while it was at the agent.
+    let ids: std::collections::HashSet<Uuid> = accepted.ids.values().copied().collect();
+    let mut runs: HashMap<Uuid, (usize, usize)> = HashMap::new();
+    for r in suite.agent.receipts() {
+        if let Some(id) = r.task_id.filter(|id| ids.contains(id))
+            && r.status == 200
+        {
+            let (before, after) = runs.entry(id).or_default();
+            if r.at < restarted {
+                *before += 1;
+            } else {
+                *after += 1;
+            }
+        }
+    }
+    let across_kill = runs.values().filter(|(b, a)| *b == 1 && *a == 1).count();
+    let unexplained = runs.values().filter(|(b, a)| *b > 1 || *a > 1).count();
+    if row.duplicates > 0 {
+        row.note(format!(
+            "{} duplicate executions: {across_kill} tasks ran before the kill and again after \
+             the restart (at least once)",
+            row.duplicates
+        ));
+    }
+    if unexplained > 0 {
+        row.fail(format!(
+            "{unexplained} tasks ran twice within one life of the process (not explained by the kill)"
+        ));
+    }
+    let rerun_builtins = tasks
+        .values()
+        .filter(|t| t.agent != "recorder" && t.attempts > 1)
+        .count();
+    let rerun = tasks.values().filter(|t| t.attempts > 1).count();
+    row.note(format!(
+        "{rerun} tasks took a second attempt ({rerun_builtins} of them `sleep`/`echo`, which no \
+         agent records)"
+    ));
+    // Tasks the load does not know of (sent without a key, the answer lost at the kill) must not
+    // be left behind either: nothing in the data dir may stay queued or running.
+    let mut open = listed(&client, "queued").await?;
+    open.extend(listed(&client, "running").await?);
+    let unknown = open.iter().filter(|id| !ids.contains(id)).count();
+    if unknown > 0 {
+        row.fail(format!(
+            "{unknown} tasks the load never saw accepted are still queued or running"
+        ));
+    }
+    let log = std::fs::read_to_string(&dev.log).unwrap_or_default();
+    let recovered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("recovered the tasks a stopped process left running"))
+        .collect();
+    match recovered.as_slice() {
+        [line] => {
+            let n: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            row.note(format!(
+                "at the restart the store recovered {} tasks the killed process left running",
+                n["fields"]["tasks"]
+            ));
+        }
+        lines => row.note(format!(
+            "{} recovery lines in the log (expected 1)",
+            lines.len()
+        )),
+    }
+    let keyless = accepted.ids.len()
+        - keyed
+            .iter()
+            .filter(|k| accepted.ids.contains_key(*k))
+            .count();
+    row.note(format!(
+        "{keyless} accepted tasks were sent without an idempotency key"
+    ));
+    answer_notes(&mut row, &accepted);
+    if !dev.running() {
+        row.fail("bgagent dev was not running at the end of the scenario");
+    }
+    log_findings(&mut row, std::iter::once(&dev));
+    if !row.failures.is_empty() {
+        println!("faults: log tail of {NAME}:\n{}", dev.tail(25));
+    }
+    if dev.running() {
+        dev.sigterm()?;
+        match dev.wait_exit(Duration::from_secs(20)).await {
+            Ok(status) if status.success() => {}
+            Ok(status) => row.fail(format!("bgagent dev exited with {status} after SIGTERM")),
+            Err(e) => row.fail(format!("{e:#}")),
+        }
+    }
     Ok(row)
 }
