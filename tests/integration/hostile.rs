@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::api_support::count_tasks;
+use crate::both_engines;
 use crate::common::{TestApi, TestEnv, assert_error};
 use crate::fake_agent::{FakeAgent, Reply};
 use bgagent_shared::db;
@@ -30,75 +32,68 @@ async fn register(api: &TestApi, name: &str, agent: &FakeAgent) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-async fn count_tasks(env: &TestEnv) -> i64 {
-    sqlx::query_scalar("select count(*) from tasks")
-        .fetch_one(env.db())
-        .await
-        .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nul_is_refused_with_422_naming_the_field() {
-    let env = TestEnv::new().await;
-    let api = env.spawn_api().await;
-    let cases = [
-        (json!({"agent": "echo", "command": "a\u{0}b"}), "command"),
-        (
-            json!({"agent": "echo", "command": "x", "meta": {"k": "a\u{0}b"}}),
-            "meta",
-        ),
-        (
-            json!({"agent": "echo", "command": "x", "meta": {"a\u{0}b": 1}}),
-            "meta",
-        ),
-        (
-            json!({"agent": "echo", "command": "x", "meta": {"deep": [[{"k": "\u{0}"}]]}}),
-            "meta",
-        ),
-        (
-            json!({"agent": "echo", "command": "x", "idempotency_key": "a\u{0}b"}),
-            "idempotency_key",
-        ),
-    ];
-    for (body, field) in cases {
-        let got = api.post("/enqueue", &body).await;
+both_engines! {
+    async fn a_nul_is_refused_with_422_naming_the_field(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let cases = [
+            (json!({"agent": "echo", "command": "a\u{0}b"}), "command"),
+            (
+                json!({"agent": "echo", "command": "x", "meta": {"k": "a\u{0}b"}}),
+                "meta",
+            ),
+            (
+                json!({"agent": "echo", "command": "x", "meta": {"a\u{0}b": 1}}),
+                "meta",
+            ),
+            (
+                json!({"agent": "echo", "command": "x", "meta": {"deep": [[{"k": "\u{0}"}]]}}),
+                "meta",
+            ),
+            (
+                json!({"agent": "echo", "command": "x", "idempotency_key": "a\u{0}b"}),
+                "idempotency_key",
+            ),
+        ];
+        for (body, field) in cases {
+            let got = api.post("/enqueue", &body).await;
+            assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+            assert_eq!(got.1["error"]["field"], field, "{body}");
+        }
+        let got = api
+            .post(
+                "/agents/register",
+                &json!({"name": "a", "endpoint": "http://127.0.0.1:9/x", "meta": {"k": "\u{0}"}}),
+            )
+            .await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-        assert_eq!(got.1["error"]["field"], field, "{body}");
+        assert_eq!(got.1["error"]["field"], "meta");
+        assert_eq!(count_tasks(&env).await, 0);
     }
-    let got = api
-        .post(
-            "/agents/register",
-            &json!({"name": "a", "endpoint": "http://127.0.0.1:9/x", "meta": {"k": "\u{0}"}}),
-        )
-        .await;
-    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_eq!(got.1["error"]["field"], "meta");
-    assert_eq!(count_tasks(&env).await, 0);
 }
 
-/// Concurrent enqueues share one insert: hostile requests among them must not fail the others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_requests_never_fail_the_requests_committed_with_them() {
-    let env = TestEnv::new().await;
-    let api = env.spawn_api().await;
-    let requests = (0..150).map(|i| {
-        let body = if i % 5 == 0 {
-            json!({"agent": "echo", "command": "a\u{0}b", "meta": {"i": i}})
-        } else {
-            json!({"agent": "echo", "command": "fine", "meta": {"i": i}})
-        };
-        let api = &api;
-        async move { (i, api.post("/enqueue", &body).await) }
-    });
-    for (i, (status, body)) in join_all(requests).await {
-        let expected = if i % 5 == 0 {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::ACCEPTED
-        };
-        assert_eq!(status, expected, "request {i}: {body}");
+both_engines! {
+    /// Concurrent enqueues share one insert: hostile requests among them must not fail the others.
+    async fn hostile_requests_never_fail_the_requests_committed_with_them(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let requests = (0..150).map(|i| {
+            let body = if i % 5 == 0 {
+                json!({"agent": "echo", "command": "a\u{0}b", "meta": {"i": i}})
+            } else {
+                json!({"agent": "echo", "command": "fine", "meta": {"i": i}})
+            };
+            let api = &api;
+            async move { (i, api.post("/enqueue", &body).await) }
+        });
+        for (i, (status, body)) in join_all(requests).await {
+            let expected = if i % 5 == 0 {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::ACCEPTED
+            };
+            assert_eq!(status, expected, "request {i}: {body}");
+        }
+        assert_eq!(count_tasks(&env).await, 120);
     }
-    assert_eq!(count_tasks(&env).await, 120);
 }
 
 /// Should a shared insert fail anyway (input the door did not foresee), only the task that
@@ -135,35 +130,47 @@ async fn a_failing_shared_insert_fails_only_the_task_that_caused_it() {
     assert_eq!(count_tasks(&env).await, 8);
 }
 
+both_engines! {
+    async fn numbers_read_back_equal(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let meta = json!({
+            "max": f64::MAX, "min": f64::MIN, "tiny": 5e-324, "small": f64::MIN_POSITIVE,
+            "u": u64::MAX, "i": i64::MIN, "frac": 0.1, "third": 1.0 / 3.0, "neg_zero": -0.0,
+        });
+        let body = format!(
+            r#"{{"agent":"echo","command":"n","meta":{{"n":1.7976931348623157e308,"all":{meta}}}}}"#
+        );
+        let (status, task) = api.post_raw("/enqueue", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{task}");
+        let id = id_of(&task);
+        let (status, read) = api.get(&format!("/tasks/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{read}");
+        assert_eq!(read["meta"]["n"].as_f64(), Some(f64::MAX));
+        assert_eq!(read["meta"]["all"], meta, "every number reads back equal");
+        let (status, page) = api.get("/tasks").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["tasks"][0]["meta"], read["meta"], "listing reads them equal too");
+
+        // A number no JSON reader here can hold is refused, not stored.
+        let (status, body) = api
+            .post_raw(
+                "/enqueue",
+                r#"{"agent":"echo","command":"x","meta":{"n":1e400}}"#,
+            )
+            .await;
+        assert!(status.is_client_error(), "{status} {body}");
+        assert_eq!(count_tasks(&env).await, 1);
+    }
+}
+
+/// A row written outside the API (with SQL, into PostgreSQL) holding a number no JSON reader here
+/// can hold must not break any read of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn numbers_read_back_equal_and_an_unreadable_row_breaks_nothing() {
+async fn an_unreadable_row_breaks_nothing() {
     let env = TestEnv::new().await;
     let api = env.spawn_api().await;
-    let meta = json!({
-        "max": f64::MAX, "min": f64::MIN, "tiny": 5e-324, "small": f64::MIN_POSITIVE,
-        "u": u64::MAX, "i": i64::MIN, "frac": 0.1, "third": 1.0 / 3.0, "neg_zero": -0.0,
-    });
-    let body = format!(
-        r#"{{"agent":"echo","command":"n","meta":{{"n":1.7976931348623157e308,"all":{meta}}}}}"#
-    );
-    let (status, task) = api.post_raw("/enqueue", body).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{task}");
+    let task = api.enqueue(&json!({"agent": "echo", "command": "n"})).await;
     let id = id_of(&task);
-    let (status, read) = api.get(&format!("/tasks/{id}")).await;
-    assert_eq!(status, StatusCode::OK, "{read}");
-    assert_eq!(read["meta"]["n"].as_f64(), Some(f64::MAX));
-    assert_eq!(read["meta"]["all"], meta, "every number reads back equal");
-
-    // A number no JSON reader here can hold is refused, not stored.
-    let (status, body) = api
-        .post_raw(
-            "/enqueue",
-            r#"{"agent":"echo","command":"x","meta":{"n":1e400}}"#,
-        )
-        .await;
-    assert!(status.is_client_error(), "{status} {body}");
-
-    // A row written outside the API with such a number must not break any read of it.
     let legacy = Uuid::now_v7();
     sqlx::query(
         r#"insert into tasks (id, agent, command, meta) values ($1, 'echo', 'x', '{"n": 1e400}')"#,
@@ -194,68 +201,68 @@ async fn numbers_read_back_equal_and_an_unreadable_row_breaks_nothing() {
     assert_eq!(cancelled["status"], "cancelled");
 }
 
-/// Agents answering with NUL characters (JSON escapes, raw text, error bodies): the answer is
-/// stored with U+FFFD in place of each NUL, and the worker keeps recording other tasks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_answers_with_nul_are_stored_and_the_worker_keeps_going() {
-    let env = TestEnv::new().await;
-    let api = env.spawn_api().await;
-    let _worker = env.spawn_worker(env.worker_options()).await;
-    let mut rejected = Reply::status(400);
-    rejected.body = "no\u{0}pe".into();
-    let cases = [
-        (
-            "json-nul",
-            Reply::ok(r#"{"a":"x\u0000y","k\u0000":1}"#),
-            TaskStatus::Succeeded,
-        ),
-        ("raw-nul", Reply::ok("raw\u{0}text"), TaskStatus::Succeeded),
-        ("error-nul", rejected, TaskStatus::Failed),
-    ];
-    let mut agents = Vec::new();
-    let mut tasks = Vec::new();
-    for (name, reply, _) in &cases {
-        let agent = FakeAgent::start(vec![reply.clone()]).await;
-        register(&api, name, &agent).await;
-        agents.push(agent);
-        let task = api
-            .enqueue(&json!({"agent": name, "command": "go", "max_attempts": 1}))
-            .await;
-        tasks.push(id_of(&task));
-    }
-    let mut echoes = Vec::new();
-    for i in 0..20 {
-        let task = api
-            .enqueue(&json!({"agent": "echo", "command": format!("after {i}")}))
-            .await;
-        echoes.push(id_of(&task));
-    }
-    let done: Vec<_> = join_all(
-        tasks
-            .iter()
-            .map(|id| env.wait_task(*id, WAIT, |t| t.status.is_terminal())),
-    )
-    .await;
-    for ((name, _, status), task) in cases.iter().zip(&done) {
-        assert_eq!(task.status, *status, "{name}: {task:?}");
-    }
-    assert_eq!(
-        done[0].result,
-        Some(json!({"a": "x\u{FFFD}y", "k\u{FFFD}": 1}))
-    );
-    assert_eq!(done[1].result, Some(json!("raw\u{FFFD}text")));
-    assert!(
-        done[2]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("no\u{FFFD}pe"),
-        "{:?}",
-        done[2].last_error
-    );
-    for id in echoes {
-        let task = env.wait_task(id, WAIT, |t| t.status.is_terminal()).await;
-        assert_eq!(task.status, TaskStatus::Succeeded);
+both_engines! {
+    /// Agents answering with NUL characters (JSON escapes, raw text, error bodies): the answer is
+    /// stored with U+FFFD in place of each NUL, and the worker keeps recording other tasks.
+    async fn agent_answers_with_nul_are_stored_and_the_worker_keeps_going(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let _worker = env.spawn_worker(env.worker_options()).await;
+        let mut rejected = Reply::status(400);
+        rejected.body = "no\u{0}pe".into();
+        let cases = [
+            (
+                "json-nul",
+                Reply::ok(r#"{"a":"x\u0000y","k\u0000":1}"#),
+                TaskStatus::Succeeded,
+            ),
+            ("raw-nul", Reply::ok("raw\u{0}text"), TaskStatus::Succeeded),
+            ("error-nul", rejected, TaskStatus::Failed),
+        ];
+        let mut agents = Vec::new();
+        let mut tasks = Vec::new();
+        for (name, reply, _) in &cases {
+            let agent = FakeAgent::start(vec![reply.clone()]).await;
+            register(&api, name, &agent).await;
+            agents.push(agent);
+            let task = api
+                .enqueue(&json!({"agent": name, "command": "go", "max_attempts": 1}))
+                .await;
+            tasks.push(id_of(&task));
+        }
+        let mut echoes = Vec::new();
+        for i in 0..20 {
+            let task = api
+                .enqueue(&json!({"agent": "echo", "command": format!("after {i}")}))
+                .await;
+            echoes.push(id_of(&task));
+        }
+        let done: Vec<_> = join_all(
+            tasks
+                .iter()
+                .map(|id| env.wait_task(*id, WAIT, |t| t.status.is_terminal())),
+        )
+        .await;
+        for ((name, _, status), task) in cases.iter().zip(&done) {
+            assert_eq!(task.status, *status, "{name}: {task:?}");
+        }
+        assert_eq!(
+            done[0].result,
+            Some(json!({"a": "x\u{FFFD}y", "k\u{FFFD}": 1}))
+        );
+        assert_eq!(done[1].result, Some(json!("raw\u{FFFD}text")));
+        assert!(
+            done[2]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("no\u{FFFD}pe"),
+            "{:?}",
+            done[2].last_error
+        );
+        for id in echoes {
+            let task = env.wait_task(id, WAIT, |t| t.status.is_terminal()).await;
+            assert_eq!(task.status, TaskStatus::Succeeded);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! when a Docker engine is available.
 
 mod api;
+mod api_support;
 mod bench;
 mod broker_loss;
 mod cli;

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common::TestEnv;
+use crate::both_engines;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -34,63 +34,63 @@ fn exported(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_and_alerts_use_only_exported_metrics() {
-    let env = TestEnv::new().await;
-    let api = env.spawn_api().await;
-    let mut options = env.worker_options();
-    options.metrics_bind = Some("127.0.0.1:0".parse().unwrap());
-    let worker = env.spawn_worker(options).await;
-    // Exercise the paths that create labelled series: success, retry, failure, relay.
-    for body in [
-        json!({"agent": "echo", "command": "x"}),
-        json!({"agent": "fail", "command": "x", "max_attempts": 2}),
-        json!({"agent": "echo", "command": "later", "delay_secs": 1}),
-    ] {
-        api.enqueue(&body).await;
+both_engines! {
+    async fn dashboard_and_alerts_use_only_exported_metrics(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let mut options = env.worker_options();
+        options.metrics_bind = Some("127.0.0.1:0".parse().unwrap());
+        let worker = env.spawn_worker(options).await;
+        // Exercise the paths that create labelled series: success, retry, failure, relay.
+        for body in [
+            json!({"agent": "echo", "command": "x"}),
+            json!({"agent": "fail", "command": "x", "max_attempts": 2}),
+            json!({"agent": "echo", "command": "later", "delay_secs": 1}),
+        ] {
+            api.enqueue(&body).await;
+        }
+        env.wait_all_terminal(Duration::from_secs(20)).await;
+
+        let api_text = api.text(&api.url("/metrics")).await;
+        let worker_url = format!("http://{}/metrics", worker.metrics_addr.unwrap());
+        let worker_text = api.text(&worker_url).await;
+        let available: BTreeSet<String> = exported(&api_text)
+            .union(&exported(&worker_text))
+            .cloned()
+            .collect();
+
+        let used: BTreeSet<String> = names_in("monitoring/alerts.yml")
+            .union(&names_in("monitoring/grafana/dashboards/bgagent.json"))
+            .cloned()
+            .collect();
+        assert!(
+            used.len() >= 10,
+            "the monitoring files use our metrics: {used:?}"
+        );
+        let missing: Vec<&String> = used.iter().filter(|n| !available.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "used by monitoring but not exported: {missing:?}"
+        );
+
+        // The worker's own endpoints answer too.
+        let base = format!("http://{}", worker.metrics_addr.unwrap());
+        assert_eq!(
+            api.http
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            api.http
+                .get(format!("{base}/ready"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
-    env.wait_all_terminal(Duration::from_secs(20)).await;
-
-    let api_text = api.text(&api.url("/metrics")).await;
-    let worker_url = format!("http://{}/metrics", worker.metrics_addr.unwrap());
-    let worker_text = api.text(&worker_url).await;
-    let available: BTreeSet<String> = exported(&api_text)
-        .union(&exported(&worker_text))
-        .cloned()
-        .collect();
-
-    let used: BTreeSet<String> = names_in("monitoring/alerts.yml")
-        .union(&names_in("monitoring/grafana/dashboards/bgagent.json"))
-        .cloned()
-        .collect();
-    assert!(
-        used.len() >= 10,
-        "the monitoring files use our metrics: {used:?}"
-    );
-    let missing: Vec<&String> = used.iter().filter(|n| !available.contains(*n)).collect();
-    assert!(
-        missing.is_empty(),
-        "used by monitoring but not exported: {missing:?}"
-    );
-
-    // The worker's own endpoints answer too.
-    let base = format!("http://{}", worker.metrics_addr.unwrap());
-    assert_eq!(
-        api.http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        api.http
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
 }

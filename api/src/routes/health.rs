@@ -59,10 +59,10 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(gather(&state).await)
 }
 
-/// 200 when PostgreSQL is reachable, else 503. RabbitMQ is left out on purpose: enqueue keeps
-/// accepting tasks while the broker is down (the rows are the outbox and the relay publishes
-/// them later), so a broker outage must not take every API replica out of service. `/health`
-/// and the metrics report the broker.
+/// 200 when the task store (PostgreSQL, or the embedded engine's SQLite file) answers, else 503.
+/// The queue (RabbitMQ) is left out on purpose: enqueue keeps accepting tasks while the broker is
+/// down (the rows are the outbox and the relay publishes them later), so a broker outage must not
+/// take every API replica out of service. `/health` and the metrics report the broker.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
 pub async fn ready(
@@ -74,7 +74,8 @@ pub async fn ready(
     let body = ErrorBody {
         error: ErrorDetail {
             code: "not_ready".to_owned(),
-            message: "unreachable: postgresql".into(),
+            // The store's engine: `postgresql`, or `sqlite` in the embedded engine.
+            message: format!("unreachable: {}", state.store.engine()),
             field: None,
         },
     };
