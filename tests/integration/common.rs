@@ -184,6 +184,8 @@ impl TestEnv {
 
     /// A fresh data dir with the embedded engine.
     pub async fn embedded() -> Self {
+        // `services()` installs it on the other path; reqwest needs one either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let id = Uuid::new_v4().simple().to_string();
         let data_dir = std::env::temp_dir().join(format!("bgagent-test-{id}"));
         let engine = Engine::embedded(&data_dir)
