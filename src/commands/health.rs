@@ -50,8 +50,8 @@ fn fields(health: &Health) -> String {
     let unknown = || "unknown".to_owned();
     output::fields(&[
         ("status", health.status.clone()),
-        ("postgresql", yes_no(health.db_ok)),
-        ("rabbitmq", yes_no(health.broker_ok)),
+        ("store (database)", yes_no(health.db_ok)),
+        ("queue (broker)", yes_no(health.broker_ok)),
         (
             "fleet",
             health

@@ -782,7 +782,7 @@ async fn cli_fleet_agents_workers_processed_health_and_completions() {
     assert_eq!(health["status"], "ok");
     let out = bgagent(&api, &["health"]).await;
     assert_exit(&out, 0);
-    assert!(stdout(&out).contains("postgresql"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("store (database)"), "{}", stdout(&out));
     // health needs no key: a wrong one does not matter.
     let out = bgagent_at(&api.base, "wrong", &["health", "--quiet"]).await;
     assert_exit(&out, 0);
