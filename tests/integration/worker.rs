@@ -746,6 +746,61 @@ both_engines! {
     }
 }
 
+both_engines! {
+    /// A stop does not wait for a free slot: with every slot busy with long tasks, the worker
+    /// still stops within its grace, handing back the running tasks and the one waiting behind
+    /// them.
+    async fn a_stop_with_every_slot_busy_ends_within_the_grace(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let slow = FakeAgent::start(
+            (0..2)
+                .map(|_| Reply {
+                    delay: Duration::from_secs(120),
+                    ..Reply::ok("{\"ok\":true}")
+                })
+                .collect(),
+        )
+        .await;
+        api.post(
+            "/agents/register",
+            &json!({"name": "slow", "endpoint": slow.url}),
+        )
+        .await;
+        let worker = env
+            .spawn_worker(WorkerOptions {
+                concurrency: 2,
+                shutdown_grace_secs: 1,
+                ..env.worker_options()
+            })
+            .await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(id_of(
+                &api.enqueue(&json!({"agent": "slow", "command": format!("s{i}")}))
+                    .await,
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while slow.receipts().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the tasks did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let started = std::time::Instant::now();
+        worker.stop().await;
+        let took = started.elapsed();
+        // One second of grace, then the hand-back: well under the 10 s a stuck step would add.
+        assert!(took < Duration::from_secs(6), "the stop took {took:?}");
+        for id in &ids {
+            let task = env.task_now(*id).await;
+            assert_eq!((task.status, task.attempts), (TaskStatus::Queued, 0), "{task:?}");
+        }
+        let next = env.spawn_worker(env.worker_options()).await;
+        env.wait_all_terminal(WAIT).await;
+        assert_eq!(env.count_with(TaskStatus::Succeeded).await, 3);
+        next.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparseable_messages_are_dead_lettered_and_the_worker_keeps_going() {
     let env = TestEnv::new().await;
