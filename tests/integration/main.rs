@@ -18,6 +18,7 @@ mod labels;
 mod mcp;
 mod messages;
 mod metrics;
+mod neutral;
 mod recovery;
 mod stalls;
 mod worker;

@@ -36,9 +36,18 @@ pub(crate) async fn claim_loop(
     let mut gather = Gather::default();
     loop {
         // Wait for room before taking deliveries: unclaimed tasks stay `queued` in the store
-        // (and unsettled in the queue) instead of piling up here.
-        let Ok(first) = shared.permits.clone().acquire_owned().await else {
-            return;
+        // (and unsettled in the queue) instead of piling up here. A stop does not wait for room:
+        // with every permit held by long tasks, none may free before the grace period is over.
+        let first = tokio::select! {
+            biased;
+            permit = shared.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = stopping.cancelled() => {
+                hand_back_all(&shared, &mut backlog, &mut deliveries).await;
+                return;
+            }
         };
         let halted = || stopping.is_cancelled() || shared.is_paused();
         if backlog.is_empty() {
@@ -72,6 +81,27 @@ pub(crate) async fn claim_loop(
         }
         let batch: Vec<_> = backlog.drain(..permits.len().min(backlog.len())).collect();
         claim_batch(&shared, batch, permits, &records, &stopping, &executions).await;
+    }
+}
+
+/// Stopping: hand back the tasks not claimed yet and every delivery still buffered, until the
+/// ended session closes the channel.
+async fn hand_back_all(
+    shared: &Shared,
+    backlog: &mut VecDeque<(Uuid, TaskDelivery)>,
+    deliveries: &mut mpsc::Receiver<Delivery>,
+) {
+    delivery::settle(
+        &*shared.queue,
+        backlog.drain(..).map(|(_, d)| d.hand_back()),
+    )
+    .await;
+    let mut received = Vec::new();
+    while deliveries.recv_many(&mut received, MAX_CLAIM_BATCH).await > 0 {
+        let back = received
+            .drain(..)
+            .map(|d: Delivery| Settle::HandBack(d.receipt));
+        shared.queue.settle(back.collect()).await;
     }
 }
 

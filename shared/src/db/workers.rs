@@ -6,7 +6,6 @@ use super::rows::{self, WorkerRow};
 use crate::Result;
 use crate::domain::WorkerInfo;
 
-
 /// All workers that have not stopped, plus those seen in the last hour, newest heartbeat first.
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<WorkerInfo>> {
     let rows: Vec<WorkerRow> = sqlx::query_as(
