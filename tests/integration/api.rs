@@ -176,6 +176,20 @@ both_engines! {
             )
             .await;
         assert_error(&mismatch, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        // A header key outside the documented pattern (a tab inside) is refused, naming the
+        // header. Spaces at either end never arrive: HTTP strips them from header values.
+        for bad in ["a\tb", "\ta\tb"] {
+            let refused = api
+                .send(
+                    api.http
+                        .post(api.url("/enqueue"))
+                        .header("Idempotency-Key", bad)
+                        .json(&json!({"agent": "echo", "command": "x"})),
+                )
+                .await;
+            assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+            assert_eq!(refused.1["error"]["field"], "Idempotency-Key", "{bad:?}");
+        }
     }
 }
 

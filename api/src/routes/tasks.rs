@@ -28,6 +28,22 @@ pub fn router() -> Router<AppState> {
         .route("/processed", get(list_processed))
 }
 
+/// The `Idempotency-Key` header as the API document states it: visible ASCII and inner spaces
+/// (`HeaderValue::to_str` would also let a tab through).
+fn parse_header_key(raw: &[u8]) -> ApiResult<&str> {
+    let visible = |b: &u8| (b'!'..=b'~').contains(b);
+    let ok = raw.first().is_some_and(visible)
+        && raw.last().is_some_and(visible)
+        && raw.iter().all(|b| (b' '..=b'~').contains(b));
+    match std::str::from_utf8(raw) {
+        Ok(key) if ok => Ok(key),
+        _ => Err(ApiError::unprocessable(
+            "Idempotency-Key",
+            "must be visible ASCII, with spaces only inside",
+        )),
+    }
+}
+
 /// Accept a task: validate, commit its row, publish it.
 #[utoipa::path(post, path = "/enqueue", tag = "tasks", request_body = EnqueueRequest,
     params(("Idempotency-Key" = Option<String>, Header, nullable = false,
@@ -44,10 +60,7 @@ pub async fn enqueue(
     ApiJson(request): ApiJson<EnqueueRequest>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let header_key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::unprocessable("Idempotency-Key", "must be visible ASCII"))?,
-        ),
+        Some(v) => Some(parse_header_key(v.as_bytes())?),
         None => None,
     };
     let task = NewTask::parse(request, header_key)?;
