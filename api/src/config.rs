@@ -67,12 +67,6 @@ pub struct ApiConfig {
     /// (largest batches, least CPU); more can lower latency when the database is remote.
     #[arg(long, env = "BGAGENT_ENQUEUE_LOOPS", default_value_t = 1)]
     pub enqueue_loops: usize,
-    /// Task ids per broker message, 1-256. Above 1, tasks enqueued together share a message:
-    /// less broker work per task, but acks, redelivery and the queue depth count messages, and
-    /// workers built before multi-task messages cannot read them (upgrade workers first).
-    #[arg(long, env = "BGAGENT_TASKS_PER_MESSAGE", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub tasks_per_message: u16,
 }
 
 /// Shortest API key accepted, in characters (after trimming surrounding whitespace).

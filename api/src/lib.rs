@@ -106,7 +106,7 @@ impl Api {
             engine.queue.clone(),
             metrics.clone(),
             config.enqueue_loops,
-            usize::from(config.tasks_per_message),
+            usize::from(config.broker.tasks_per_message),
             Duration::from_secs(config.request_timeout_secs.max(1)),
         );
         let listener = TcpListener::bind(config.bind).await.map_err(|e| {

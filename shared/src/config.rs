@@ -49,6 +49,10 @@ impl DatabaseConfig {
     }
 }
 
+/// Default of `BGAGENT_TASKS_PER_MESSAGE`: large enough that a busy API sends a few messages per
+/// insert batch instead of hundreds, small enough that one message's tasks spread over a fleet.
+pub const DEFAULT_TASKS_PER_MESSAGE: u16 = 64;
+
 /// RabbitMQ settings.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BrokerConfig {
@@ -61,6 +65,12 @@ pub struct BrokerConfig {
     /// Redeliveries after which the quorum queue dead-letters a message (poison-loop guard).
     #[arg(long, env = "BGAGENT_DELIVERY_LIMIT", default_value_t = 20)]
     pub delivery_limit: u32,
+    /// Most task ids in one queue message, 1-256. Tasks enqueued together (and relayed together)
+    /// share a message up to this many, so a lone enqueue still goes out at once; 1 sends every
+    /// task alone. Workers size their prefetch in messages from it, so set it fleet-wide.
+    #[arg(long, env = "BGAGENT_TASKS_PER_MESSAGE", default_value_t = DEFAULT_TASKS_PER_MESSAGE,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub tasks_per_message: u16,
 }
 
 impl BrokerConfig {

@@ -3,7 +3,9 @@
 //! measures a clean setup, and removes everything afterwards.
 
 use anyhow::{Context, bail};
-use bgagent_shared::config::{BrokerConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
+use bgagent_shared::config::{
+    BrokerConfig, DEFAULT_TASKS_PER_MESSAGE, LOCAL_AMQP_URL, LOCAL_DATABASE_URL,
+};
 use bgagent_shared::store::TaskStore;
 use bgagent_shared::store::postgres::PgStore;
 use std::path::PathBuf;
@@ -138,6 +140,7 @@ impl SpawnedSystem {
                     amqp_url: Some(amqp_url.into()),
                     broker_prefix: prefix,
                     delivery_limit: 20,
+                    tasks_per_message: DEFAULT_TASKS_PER_MESSAGE,
                 },
             },
             api,

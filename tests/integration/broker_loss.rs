@@ -113,11 +113,6 @@ async fn tasks_survive(loss: Loss, check_secs: u64) {
             .await;
         ids.push(task["id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
-    let publisher = publisher(&env);
-    wait_for("every task on the broker", WAIT, async || {
-        publisher.queue_depths().await.unwrap().0 as usize == TASKS
-    })
-    .await;
     // The API marks rows published a moment after the broker's confirm.
     wait_for("every task marked published", WAIT, async || {
         published(&env, &ids).await == TASKS
@@ -204,12 +199,24 @@ async fn a_healthy_backlog_is_not_published_again() {
         api.enqueue(&json!({"agent": "echo", "command": format!("t{i}")}))
             .await;
     }
-    // Paused, the messages wait ready in the queue. Watched for a while on purpose (past the
-    // staleness of 2 s and several checks): nothing may be sent again meanwhile.
+    // Paused, the messages wait ready in the queue (tasks enqueued close together may share
+    // one). Watched for a while on purpose (past the staleness of 2 s and several checks):
+    // nothing may be sent again meanwhile.
     let publisher = publisher(&env);
+    wait_for("every task marked published", WAIT, async || {
+        let n: i64 =
+            sqlx::query_scalar("select count(*) from tasks where published_at is not null")
+                .fetch_one(env.db())
+                .await
+                .unwrap();
+        n == 10
+    })
+    .await;
+    let messages = publisher.queue_depths().await.unwrap().0;
+    assert!((1..=10).contains(&messages), "{messages} messages");
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
-        assert_eq!(publisher.queue_depths().await.unwrap().0, 10);
+        assert_eq!(publisher.queue_depths().await.unwrap().0, messages);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let metrics = api
@@ -277,9 +284,14 @@ async fn changing_the_delivery_limit_does_not_stop_the_deployment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_gives_up_its_prefetched_tasks_within_the_heartbeat_bound() {
     let env = TestEnv::new().await;
-    let api = env.spawn_api().await;
+    // One task per message, so the frozen worker's prefetch of 64 tasks is 64 messages: every
+    // one of the 20 enqueued below.
+    let mut config = env.api_config();
+    config.broker.tasks_per_message = 1;
+    let api = env.spawn_api_with(config).await;
     let mut frozen = env.spawn_worker_process(&[
         ("BGAGENT_WORKER_ID", "frozen"),
+        ("BGAGENT_TASKS_PER_MESSAGE", "1"),
         ("BGAGENT_CONCURRENCY", "1"),
         ("BGAGENT_PREFETCH", "64"),
         ("BGAGENT_AMQP_HEARTBEAT_SECS", "2"),

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use bgagent_api::{Api, ApiConfig};
-use bgagent_shared::config::{BrokerConfig, DatabaseConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
+use bgagent_shared::config::{
+    BrokerConfig, DEFAULT_TASKS_PER_MESSAGE, DatabaseConfig, LOCAL_AMQP_URL, LOCAL_DATABASE_URL,
+};
 use bgagent_shared::db;
 use bgagent_shared::domain::{NewTask, Task, TaskStatus};
 use bgagent_shared::engine::Engine;
@@ -248,6 +250,7 @@ impl TestEnv {
             amqp_url: Some(self.amqp_url.clone().into()),
             broker_prefix: self.prefix.clone(),
             delivery_limit: 20,
+            tasks_per_message: DEFAULT_TASKS_PER_MESSAGE,
         }
     }
 
@@ -267,7 +270,6 @@ impl TestEnv {
             shutdown_grace_secs: 5,
             migrate: false,
             enqueue_loops: 4,
-            tasks_per_message: 1,
         }
     }
 

@@ -1,6 +1,7 @@
-//! Messages that carry several task ids (`BGAGENT_TASKS_PER_MESSAGE` above 1): every task runs
-//! once, a pause hands back the tasks not started, a dead-lettered message does not fail its
-//! tasks together, and the API groups the tasks it enqueues together.
+//! Messages that carry several task ids (`BGAGENT_TASKS_PER_MESSAGE`, 64 by default): every task
+//! runs once, a pause hands back the tasks not started, a dead-lettered message does not fail its
+//! tasks together, the API groups the tasks it enqueues together (or not, at 1), and a worker's
+//! prefetch counts tasks, not messages.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -128,7 +129,7 @@ async fn a_dead_lettered_shared_message_sends_its_tasks_again_one_by_one() {
     let deliveries = env.nack_until_dead_lettered().await;
     assert!(deliveries > 1, "the message was redelivered: {deliveries}");
 
-    // Not failed together: the relay publishes each task in a message of its own.
+    // Not failed together: each task is published again in a message of its own.
     wait_for("three single-task messages", async || {
         publisher.queue_depths().await.unwrap().0 == 3
     })
@@ -144,7 +145,7 @@ async fn a_dead_lettered_shared_message_sends_its_tasks_again_one_by_one() {
 async fn the_api_puts_tasks_enqueued_together_in_shared_messages() {
     let env = TestEnv::new().await;
     let mut config = env.api_config();
-    config.tasks_per_message = 64;
+    config.broker.tasks_per_message = 64;
     config.enqueue_loops = 1;
     let api = crate::common::TestApi::spawn(config).await;
     let tasks = futures_util::future::join_all((0..50).map(|i| {
@@ -177,5 +178,52 @@ async fn the_api_puts_tasks_enqueued_together_in_shared_messages() {
     let worker = env.spawn_worker(env.worker_options()).await;
     env.wait_all_terminal(WAIT).await;
     assert_eq!(states(&env, &ids).await, vec![("succeeded".into(), 1); 50]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_task_per_message_when_grouping_is_set_to_one() {
+    let env = TestEnv::new().await;
+    let mut config = env.api_config();
+    config.broker.tasks_per_message = 1;
+    config.enqueue_loops = 1;
+    let api = crate::common::TestApi::spawn(config).await;
+    futures_util::future::join_all((0..30).map(|i| {
+        let api = &api;
+        async move {
+            api.enqueue(&json!({"agent": "echo", "command": format!("alone {i}")}))
+                .await
+        }
+    }))
+    .await;
+    wait_for("thirty messages", async || {
+        publisher(&env).queue_depths().await.unwrap().0 == 30
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_prefetches_tasks_not_messages() {
+    let env = TestEnv::new().await;
+    let ids = env
+        .insert_tasks("sleep", "held", json!({"ms": 400}), 40, true)
+        .await;
+    let publisher = publisher(&env);
+    assert_eq!(publisher.publish_tasks(&ids, 8).await.unwrap().len(), 40);
+    // Room for one running task and 8 waiting ones: one message of 8, since a message may hold up
+    // to 64. Counted in messages, the broker would hand this worker all five.
+    let worker = env
+        .spawn_worker(WorkerOptions {
+            concurrency: 1,
+            prefetch: 8,
+            ..env.worker_options()
+        })
+        .await;
+    wait_for("a task running", async || {
+        count(&env, &ids, "running").await == 1
+    })
+    .await;
+    // The first message stays with the worker until its eighth task is claimed (over 2 s).
+    assert_eq!(publisher.queue_depths().await.unwrap().0, 4);
     worker.stop().await;
 }

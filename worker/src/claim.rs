@@ -179,23 +179,23 @@ async fn claim_batch(
     };
     shared.hold(claimed.iter().map(|t| (t.id, t.attempts)));
     let mut claimed: HashMap<Uuid, Task> = claimed.into_iter().map(|t| (t.id, t)).collect();
-    let mut dropped = Vec::new();
+    // The claim is committed: from here the store's lease guards each task (a worker that dies
+    // leaves it to the reaper), so the message is done with, whatever the task's run takes. No
+    // message then outlives the broker's consumer timeout, and the queue's prefetch bounds only
+    // tasks waiting for a slot, not tasks running.
+    let mut settled = Vec::with_capacity(batch.len());
     // There is a permit for every task of the batch.
     for ((id, delivery), permit) in batch.into_iter().zip(permits.drain(..)) {
         match claimed.remove(&id) {
             Some(task) => {
                 let span = tracing::info_span!("task", task_id = %task.id, agent = %task.agent, attempt = task.attempts);
-                executions.spawn(
-                    execute(shared.clone(), task, delivery, permit, records.clone())
-                        .instrument(span),
-                );
+                executions
+                    .spawn(execute(shared.clone(), task, permit, records.clone()).instrument(span));
             }
             // Finished, cancelled, running elsewhere or not yet due: a duplicate or stale message.
-            None => {
-                tracing::debug!(task_id = %id, "message for an unclaimable task dropped");
-                dropped.push(delivery.done());
-            }
+            None => tracing::debug!(task_id = %id, "message for an unclaimable task dropped"),
         }
+        settled.push(delivery.done());
     }
-    delivery::settle(&*shared.queue, dropped).await;
+    delivery::settle(&*shared.queue, settled).await;
 }

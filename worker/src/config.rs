@@ -31,7 +31,8 @@ pub struct WorkerOptions {
     /// Tasks run at once by this process (sized for I/O-bound work).
     #[arg(long, env = "BGAGENT_CONCURRENCY", default_value_t = 256)]
     pub concurrency: usize,
-    /// Unacknowledged messages the broker may push ahead (at least the concurrency).
+    /// Tasks the queue may deliver ahead of those running, waiting for a free slot. The broker
+    /// counts messages, so the worker asks it for this divided by `BGAGENT_TASKS_PER_MESSAGE`.
     #[arg(long, env = "BGAGENT_PREFETCH", default_value_t = 512)]
     pub prefetch: u16,
     /// Address of the worker's /metrics, /health and /ready, or `off`.
@@ -72,11 +73,6 @@ pub struct WorkerOptions {
     /// Largest agent response stored as a result, in bytes.
     #[arg(long, env = "BGAGENT_RESULT_MAX_BYTES", default_value_t = 1024 * 1024)]
     pub result_max_bytes: usize,
-    /// Tasks whose timeout exceeds this many seconds are acknowledged at claim instead of after
-    /// their result, so they never outlive the broker's consumer timeout (30 min by default);
-    /// the lease then guards them.
-    #[arg(long, env = "BGAGENT_EARLY_ACK_SECS", default_value_t = 900)]
-    pub early_ack_secs: u64,
     /// Worker id (default: host name, process id and a random suffix).
     #[arg(long, env = "BGAGENT_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -146,7 +142,6 @@ impl Default for WorkerOptions {
             retry_factor: 2.0,
             retry_max_secs: 300,
             result_max_bytes: 1024 * 1024,
-            early_ack_secs: 900,
             worker_id: None,
             omni_gateway_url: None,
             omni_gateway_api_key: None,

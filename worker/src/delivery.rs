@@ -1,7 +1,7 @@
 //! The tasks of one delivery. A message may carry several task ids; it is settled once, when the
-//! last of its tasks is done with: acked, or handed back to the queue if any of its tasks was not
-//! started. A task dropped without being done with (its outcome could not be recorded) keeps the
-//! delivery unsettled, so the broker redelivers it when the channel closes.
+//! last of its tasks is done with: acked once every task was claimed (or found unclaimable), or
+//! handed back to the queue if any of its tasks was not claimed. A task dropped without being
+//! done with keeps the delivery unsettled, so the broker redelivers it when the channel closes.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,7 +41,7 @@ impl<P> TaskDelivery<P> {
             .collect()
     }
 
-    /// This task is done with (outcome recorded, dropped as a duplicate, or acked early).
+    /// This task is done with (claimed, or dropped as a duplicate).
     /// Returns the delivery's settle when it was the last one open.
     pub(crate) fn done(self) -> Option<Settle<P>> {
         self.close()

@@ -64,20 +64,36 @@ async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
     }
 }
 
-/// A dead-lettered message with several tasks does not fail them all for one poison task: its
-/// queued tasks become unpublished, so the relay publishes each in a message of its own, and only
-/// a task that keeps failing its deliveries alone is failed.
+/// A dead-lettered message with several tasks does not fail them all for one poison task: each
+/// is published again in a message of its own (a finished one is dropped at claim), so only a
+/// task that keeps failing its deliveries alone is failed. The relay groups what it publishes,
+/// so it only takes the tasks this publish could not (they become unpublished).
 async fn split_dead_lettered(shared: &Shared, task_ids: &[Uuid]) {
-    let count = until_stored(
-        shared,
-        "unpublish the tasks of a dead-lettered message",
-        || shared.store.unpublish_queued(task_ids),
-    )
-    .await;
+    let alone = match shared.queue.publish(task_ids, 1).await {
+        Ok(confirmed) => confirmed,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot publish the tasks of a dead-lettered message alone");
+            Vec::new()
+        }
+    };
+    let rest: Vec<Uuid> = task_ids
+        .iter()
+        .filter(|id| !alone.contains(id))
+        .copied()
+        .collect();
+    if !rest.is_empty() {
+        until_stored(
+            shared,
+            "unpublish the tasks of a dead-lettered message",
+            || shared.store.unpublish_queued(&rest),
+        )
+        .await;
+    }
     tracing::warn!(
         tasks = task_ids.len(),
-        republished = count,
-        "a message with several tasks was dead-lettered; its queued tasks are published again one by one"
+        published_alone = alone.len(),
+        left_to_the_relay = rest.len(),
+        "a message with several tasks was dead-lettered; its tasks are sent again one by one"
     );
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::delivery::{self, TaskDelivery};
 use crate::executor::{ExecResult, TaskError};
 use crate::record::RecordJob;
 use crate::state::Shared;
@@ -27,18 +26,10 @@ pub(crate) enum Outcome {
 pub(crate) async fn execute(
     shared: Arc<Shared>,
     task: Task,
-    delivery: TaskDelivery,
     permit: OwnedSemaphorePermit,
     records: mpsc::Sender<RecordJob>,
 ) {
     let timeout_secs = u64::try_from(task.timeout_secs).unwrap_or(1).max(1);
-    // Long tasks would outlive the broker's consumer timeout; ack now and let the lease guard them.
-    let delivery = if timeout_secs > shared.options.early_ack_secs {
-        delivery::settle(&*shared.queue, [delivery.done()]).await;
-        None
-    } else {
-        Some(delivery)
-    };
     let token = shared.interrupt.child_token();
     if let Ok(mut running) = shared.running.lock() {
         running.insert(task.id, token.clone());
@@ -92,7 +83,6 @@ pub(crate) async fn execute(
         max_attempts: task.max_attempts,
         started_at,
         outcome,
-        delivery,
     };
     if records.send(job).await.is_err() {
         shared.unhold([(task.id, task.attempts)]);

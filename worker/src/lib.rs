@@ -142,6 +142,7 @@ impl Worker {
             id,
             executors: Executors::new(http, AgentRegistry::new(engine.store.clone()), agent_labels),
             permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            tasks_per_message: usize::from(config.broker.tasks_per_message.max(1)),
             options,
             store: engine.store,
             queue: engine.queue,
@@ -191,8 +192,8 @@ impl Worker {
         heartbeat::reconcile_paused(&shared).await;
         tracing::info!(worker_id = %shared.id, paused = shared.is_paused(), "worker started");
 
-        let prefetch = usize::from(shared.options.prefetch.max(1));
-        let (deliveries_tx, deliveries_rx) = mpsc::channel(prefetch);
+        let prefetch = shared.prefetch_messages();
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(usize::from(prefetch));
         let (records_tx, records_rx) = mpsc::channel(shared.options.concurrency.max(1) * 2);
         let executions = TaskTracker::new();
         let abandon = CancellationToken::new();
@@ -230,7 +231,7 @@ impl Worker {
             .queue
             .consume(ConsumerSpec {
                 worker_id: shared.id.clone(),
-                prefetch: shared.options.prefetch,
+                prefetch,
                 paused: shared.paused.subscribe(),
                 deliveries: deliveries_tx,
                 events: events_tx,

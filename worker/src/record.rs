@@ -1,5 +1,5 @@
-//! Recording outcomes: batched, fenced on the claimed attempt, then acknowledged. A store outage
-//! is ridden out (nothing is acked before its outcome is stored); an outcome the store refuses
+//! Recording outcomes: batched and fenced on the claimed attempt. A store outage is ridden out
+//! (the lease, renewed meanwhile, keeps the task this worker's); an outcome the store refuses
 //! fails only its own task.
 
 use bgagent_shared::domain::{TaskStatus, storable_json, storable_text};
@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::dead_letters::dead_letter;
-use crate::delivery::{self, TaskDelivery};
 use crate::execute::Outcome;
 use crate::executor::TaskError;
 use crate::state::Shared;
@@ -29,8 +28,6 @@ pub(crate) struct RecordJob {
     pub max_attempts: i32,
     pub started_at: chrono::DateTime<Utc>,
     pub outcome: Outcome,
-    /// None when the task's share of its delivery was settled at claim (long tasks).
-    pub delivery: Option<TaskDelivery>,
 }
 
 /// Turn an outcome into the row update that records it (None: handed back, not recorded).
@@ -105,8 +102,7 @@ fn to_record(job: &RecordJob, shared: &Shared) -> Option<AttemptRecord> {
     })
 }
 
-/// Record outcomes in batches, then acknowledge their deliveries. Past `abandon`, unrecorded
-/// jobs are left unacked for the queue and the lease to recover.
+/// Record outcomes in batches. Past `abandon`, unrecorded jobs are left to their leases.
 pub(crate) async fn record_loop(
     shared: Arc<Shared>,
     jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<RecordJob>>>,
@@ -132,16 +128,7 @@ pub(crate) async fn record_loop(
                 tasks = taken.len(),
                 "outcomes not recorded before shutdown; leases will recover them"
             );
-            continue;
         }
-        delivery::settle(
-            &*shared.queue,
-            taken
-                .into_iter()
-                .filter_map(|j| j.delivery)
-                .map(TaskDelivery::done),
-        )
-        .await;
     }
 }
 

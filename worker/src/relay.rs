@@ -43,9 +43,12 @@ pub(crate) async fn relay_once(shared: &Shared) -> bgagent_shared::Result<usize>
         return Ok(0);
     }
     // No other relay takes these rows until commit; marking happens only for what the queue
-    // confirmed. One task per message: relayed tasks (retries, delayed tasks, tasks of a
-    // dead-lettered multi-task message) each stand alone.
-    let confirmed = shared.queue.publish(due.ids(), 1).await?;
+    // confirmed. Grouped like the API's enqueues: a burst of due retries or delayed tasks is a
+    // few messages, and a worker's prefetch (counted in tasks) stays fed.
+    let confirmed = shared
+        .queue
+        .publish(due.ids(), shared.tasks_per_message)
+        .await?;
     let total = due.ids().len();
     due.commit(&confirmed).await?;
     shared

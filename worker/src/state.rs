@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub paused: watch::Sender<bool>,
     /// Fired when the shutdown grace is over: in-flight tasks are aborted and handed back.
     pub interrupt: CancellationToken,
+    /// Most task ids in one queue message (`BGAGENT_TASKS_PER_MESSAGE`): the relay groups up to
+    /// this many, and the prefetch in messages is derived from it.
+    pub tasks_per_message: usize,
     /// Bounds the tasks running at once.
     pub permits: Arc<Semaphore>,
     /// Copies of failed tasks waiting to be published to the dead letters.
@@ -48,6 +51,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Unsettled messages the queue may deliver ahead. Messages are settled at claim, so this
+    /// bounds only the tasks waiting for a free slot: `BGAGENT_PREFETCH` counts tasks, and a
+    /// message holds up to [`Shared::tasks_per_message`] of them.
+    pub fn prefetch_messages(&self) -> u16 {
+        let tasks = usize::from(self.options.prefetch.max(1));
+        u16::try_from(tasks.div_ceil(self.tasks_per_message.max(1))).unwrap_or(u16::MAX)
+    }
+
     /// Store a paused state; true when it changed.
     pub fn set_paused(&self, paused: bool) -> bool {
         let changed = self.paused.send_if_modified(|p| {
