@@ -20,5 +20,6 @@ mod messages;
 mod metrics;
 mod neutral;
 mod recovery;
+mod retention;
 mod stalls;
 mod worker;

@@ -85,6 +85,77 @@ pub struct WorkerOptions {
     /// File holding the Omni Gateway API key.
     #[arg(long, env = "OMNI_GATEWAY_API_KEY_FILE")]
     pub omni_gateway_api_key_file: Option<PathBuf>,
+    /// How long finished tasks are kept, and how often the pruner runs.
+    #[command(flatten)]
+    pub retention: RetentionOptions,
+}
+
+/// How long finished tasks are kept before the pruner deletes them (with their attempt records),
+/// and its period. Durations in human form (`30s`, `12h`, `7d`) or `off`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct RetentionOptions {
+    /// Time a succeeded task is kept after it finished, or `off` (kept for ever).
+    #[arg(long, env = "BGAGENT_RETAIN_SUCCEEDED", default_value = "7d",
+          value_parser = duration_or_off("BGAGENT_RETAIN_SUCCEEDED"))]
+    pub retain_succeeded: std::option::Option<Duration>,
+    /// Time a cancelled task is kept after it finished, or `off` (kept for ever).
+    #[arg(long, env = "BGAGENT_RETAIN_CANCELLED", default_value = "7d",
+          value_parser = duration_or_off("BGAGENT_RETAIN_CANCELLED"))]
+    pub retain_cancelled: std::option::Option<Duration>,
+    /// Time a failed task is kept after it finished, or `off` (kept for ever).
+    #[arg(long, env = "BGAGENT_RETAIN_FAILED", default_value = "30d",
+          value_parser = duration_or_off("BGAGENT_RETAIN_FAILED"))]
+    pub retain_failed: std::option::Option<Duration>,
+    /// Time between pruner passes, or `off` (this worker never prunes).
+    #[arg(long, env = "BGAGENT_PRUNE_INTERVAL", default_value = "1m",
+          value_parser = interval_or_off("BGAGENT_PRUNE_INTERVAL"))]
+    pub prune_interval: std::option::Option<Duration>,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl Default for RetentionOptions {
+    fn default() -> Self {
+        Self {
+            retain_succeeded: Some(7 * DAY),
+            retain_cancelled: Some(7 * DAY),
+            retain_failed: Some(30 * DAY),
+            prune_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A parser of a duration setting in human form (`30s`, `12h`, `7d`) or `off`; its errors name
+/// `var`, since clap's own message names only the flag.
+// The types are spelled out (`std::option::Option`) so clap takes "off" as a value, not as an
+// absent flag.
+fn duration_or_off(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<std::option::Option<Duration>, String> + Clone + Send + Sync + 'static
+{
+    move |value| {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        humantime::parse_duration(value)
+            .map(Some)
+            .map_err(|e| format!("{var}: {e} (use a duration such as 30s, 12h or 7d, or off)"))
+    }
+}
+
+/// [`duration_or_off`] for a period, which must not be zero.
+fn interval_or_off(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<std::option::Option<Duration>, String> + Clone + Send + Sync + 'static
+{
+    let parse = duration_or_off(var);
+    move |value| match parse(value)? {
+        Some(period) if period.is_zero() => Err(format!(
+            "{var}: a period must be longer than zero (use off to stop pruning in this worker)"
+        )),
+        parsed => Ok(parsed),
+    }
 }
 
 fn parse_bind(value: &str) -> Result<Option<SocketAddr>, String> {
@@ -146,6 +217,7 @@ impl Default for WorkerOptions {
             omni_gateway_url: None,
             omni_gateway_api_key: None,
             omni_gateway_api_key_file: None,
+            retention: RetentionOptions::default(),
         }
     }
 }
@@ -153,6 +225,63 @@ impl Default for WorkerOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Retention {
+        #[command(flatten)]
+        options: RetentionOptions,
+    }
+
+    fn retention(args: &[&str]) -> Result<RetentionOptions, String> {
+        Retention::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .map(|parsed| parsed.options)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn retention_takes_human_durations_and_off() {
+        assert_eq!(retention(&[]).unwrap(), RetentionOptions::default());
+        let parsed = retention(&[
+            "--retain-succeeded",
+            "off",
+            "--retain-cancelled",
+            "12h",
+            "--retain-failed",
+            "7d",
+            "--prune-interval",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(parsed.retain_succeeded, None);
+        assert_eq!(
+            parsed.retain_cancelled,
+            Some(Duration::from_secs(12 * 3600))
+        );
+        assert_eq!(parsed.retain_failed, Some(7 * DAY));
+        assert_eq!(parsed.prune_interval, Some(Duration::from_secs(30)));
+        assert_eq!(
+            retention(&["--prune-interval", "OFF"])
+                .unwrap()
+                .prune_interval,
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_retention_names_its_variable() {
+        for (flag, value, var) in [
+            ("--retain-succeeded", "7", "BGAGENT_RETAIN_SUCCEEDED"),
+            ("--retain-cancelled", "soon", "BGAGENT_RETAIN_CANCELLED"),
+            ("--retain-failed", "-1d", "BGAGENT_RETAIN_FAILED"),
+            ("--prune-interval", "0s", "BGAGENT_PRUNE_INTERVAL"),
+        ] {
+            match retention(&[&format!("{flag}={value}")]) {
+                Err(err) => assert!(err.contains(var), "{flag} {value}: {err}"),
+                Ok(parsed) => panic!("{flag} {value} accepted: {parsed:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_lease_must_outlast_two_missed_heartbeats() {

@@ -1,7 +1,8 @@
 //! The Background Agent worker: consumes task messages, claims tasks in PostgreSQL, runs them
 //! (built-ins, registered agents over HTTP, or the Omni Gateway), records outcomes and obeys
-//! stop/start/cancel. It also runs the relay (publishing due, unpublished tasks) and the reaper
-//! (recovering tasks of lost workers), so any number of workers share that work.
+//! stop/start/cancel. It also runs the relay (publishing due, unpublished tasks), the reaper
+//! (recovering tasks of lost workers) and the pruner (deleting rows past their retention), so
+//! any number of workers share that work.
 //!
 //! [`Worker::build`] prepares a worker; [`Worker::run_until_stopped`] runs it until the shutdown
 //! token fires, then drains: in-flight tasks get `BGAGENT_SHUTDOWN_GRACE_SECS` to finish and the
@@ -17,6 +18,7 @@ mod execute;
 pub mod executor;
 mod heartbeat;
 pub mod metrics;
+mod pruner;
 mod reaper;
 mod record;
 mod relay;
@@ -202,6 +204,7 @@ impl Worker {
         let heartbeat = tokio::spawn(heartbeat::heartbeat_loop(shared.clone(), finished.clone()));
         let relay = tokio::spawn(relay::relay_loop(shared.clone(), shutdown.clone()));
         let reaper = tokio::spawn(reaper::reaper_loop(shared.clone(), shutdown.clone()));
+        let pruner = tokio::spawn(pruner::prune_loop(shared.clone(), shutdown.clone()));
         let dead_copies = tokio::spawn(dead_letters::dead_copy_loop(
             shared.clone(),
             self.dead_copies,
@@ -263,7 +266,7 @@ impl Worker {
         while records.join_next().await.is_some() {}
         deadline.abort();
         // Every remaining step is bounded, so a stop always ends even if a dependency hangs.
-        for task in [relay, reaper, broker_check, events] {
+        for task in [relay, reaper, pruner, broker_check, events] {
             bounded_join(task).await;
         }
         finished.cancel();

@@ -44,6 +44,8 @@ pub struct WorkerMetrics {
     /// Items a loop stopped retrying, by loop (`claim`, `record`, `release`, `dead_letter_event`,
     /// `dead_copy`).
     pub gave_up: IntCounterVec,
+    /// Rows the pruner deleted, by kind (`tasks`, `attempts`, `workers`).
+    pub pruned: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -109,6 +111,19 @@ impl WorkerMetrics {
             "Queued tasks published again because the broker no longer held them",
         )?;
         registry.register(Box::new(republished.clone()))?;
+        let pruned = IntCounterVec::new(
+            Opts::new(
+                "bgagent_pruned_rows_total",
+                "Rows deleted past their retention: finished tasks, their attempt records, and \
+                 workers gone for a day",
+            ),
+            &["kind"],
+        )?;
+        // Every series exists from the start, so rate() sees the first deletions.
+        for kind in ["tasks", "attempts", "workers"] {
+            pruned.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(pruned.clone()))?;
         Ok(Self {
             registry,
             agents,
@@ -122,6 +137,7 @@ impl WorkerMetrics {
             recovered,
             gave_up,
             republished,
+            pruned,
         })
     }
 

@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod control;
 pub mod json;
+pub mod retention;
 mod rows;
 pub mod runs;
 pub mod tasks;

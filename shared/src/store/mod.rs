@@ -164,6 +164,17 @@ pub struct Heartbeat<'a> {
 pub enum Exclusive {
     /// Checking whether the broker lost task messages.
     BrokerCheck,
+    /// Deleting finished tasks and gone workers past their retention.
+    Prune,
+}
+
+/// What one pruning batch deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Tasks deleted.
+    pub tasks: u64,
+    /// Their attempt records deleted.
+    pub attempts: u64,
 }
 
 /// Held while a process does [`Exclusive`] work; dropping it (or [`LockGuard::release`]) lets
@@ -281,4 +292,14 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Make up to `limit` queued, published tasks unpublished again: those published more than
     /// `age` ago, or all when None. Returns how many changed; call again until fewer than `limit`.
     async fn unpublish_published(&self, age: Option<Duration>, limit: i64) -> Result<u64>;
+
+    /// Delete up to `limit` tasks of the finished `status` that finished more than `age` ago
+    /// (store time), oldest first, with their attempt records; their idempotency keys are free
+    /// again. Rows in use elsewhere are skipped, and a batch never holds up the hot path for
+    /// long. Call again until fewer than `limit` tasks come back. A status that is not
+    /// finished is refused.
+    async fn prune_tasks(&self, status: TaskStatus, age: Duration, limit: i64) -> Result<Pruned>;
+    /// Delete up to `limit` rows of workers not seen for `age` (stopped or gone). Returns how
+    /// many; call again until fewer than `limit`.
+    async fn prune_workers(&self, age: Duration, limit: i64) -> Result<u64>;
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     AttemptOutcome, AttemptRecord, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted,
-    LockGuard, Reaped, Recorded, TaskFilter, TaskStore,
+    LockGuard, Pruned, Reaped, Recorded, TaskFilter, TaskStore,
 };
 use crate::config::DatabaseConfig;
 use crate::db;
@@ -244,6 +244,7 @@ impl TaskStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let taken = match work {
             Exclusive::BrokerCheck => db::runs::try_lock_broker_check(&mut tx).await?,
+            Exclusive::Prune => db::retention::try_lock_prune(&mut tx).await?,
         };
         Ok(taken.then(|| Box::new(PgLock { tx }) as Box<dyn LockGuard>))
     }
@@ -262,6 +263,14 @@ impl TaskStore for PgStore {
 
     async fn unpublish_published(&self, age: Option<Duration>, limit: i64) -> Result<u64> {
         db::runs::unpublish_published(&self.pool, age.map(secs), limit).await
+    }
+
+    async fn prune_tasks(&self, status: TaskStatus, age: Duration, limit: i64) -> Result<Pruned> {
+        db::retention::prune_tasks(&self.pool, status, secs(age), limit).await
+    }
+
+    async fn prune_workers(&self, age: Duration, limit: i64) -> Result<u64> {
+        db::retention::prune_workers(&self.pool, secs(age), limit).await
     }
 }
 

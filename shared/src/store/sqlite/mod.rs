@@ -13,6 +13,7 @@
 //! since the Unix epoch (UTC).
 
 mod fleet;
+mod retention;
 mod rows;
 mod runs;
 mod tasks;
@@ -34,10 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::domain::{Agent, Attempt, NewTask, Task, WorkerInfo};
+use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
 use crate::store::{
-    AttemptRecord, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted, LockGuard, Reaped,
-    Recorded, TaskFilter, TaskStore,
+    AttemptRecord, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted, LockGuard, Pruned,
+    Reaped, Recorded, TaskFilter, TaskStore,
 };
 use crate::{Error, Result};
 
@@ -72,6 +73,8 @@ pub struct SqliteStore {
     relay: Arc<tokio::sync::Mutex<()>>,
     /// [`Exclusive::BrokerCheck`].
     broker_check: Arc<tokio::sync::Mutex<()>>,
+    /// [`Exclusive::Prune`].
+    prune: Arc<tokio::sync::Mutex<()>>,
     /// The data directory's lock, held for the store's life.
     _owner: File,
 }
@@ -150,6 +153,7 @@ impl SqliteStore {
             readers,
             relay: Arc::default(),
             broker_check: Arc::default(),
+            prune: Arc::default(),
             _owner: owner,
         };
         // The previous owner is gone for sure (we hold its lock), so its running tasks are
@@ -412,6 +416,7 @@ impl TaskStore for SqliteStore {
     async fn try_lock(&self, work: Exclusive) -> Result<Option<Box<dyn LockGuard>>> {
         let lock = match work {
             Exclusive::BrokerCheck => &self.broker_check,
+            Exclusive::Prune => &self.prune,
         };
         Ok(Arc::clone(lock)
             .try_lock_owned()
@@ -433,5 +438,13 @@ impl TaskStore for SqliteStore {
 
     async fn unpublish_published(&self, age: Option<Duration>, limit: i64) -> Result<u64> {
         self.unpublish_published_rows(age, limit).await
+    }
+
+    async fn prune_tasks(&self, status: TaskStatus, age: Duration, limit: i64) -> Result<Pruned> {
+        self.prune_task_rows(status, age, limit).await
+    }
+
+    async fn prune_workers(&self, age: Duration, limit: i64) -> Result<u64> {
+        self.prune_worker_rows(age, limit).await
     }
 }

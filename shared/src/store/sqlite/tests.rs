@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use super::{SqliteStore, runs, tasks};
+use super::{SqliteStore, retention, runs, tasks};
 use crate::Error;
 use crate::domain::{NewTask, Task, TaskStatus};
 use crate::store::{
-    AttemptOutcome, AttemptRecord, CancelOutcome, Exclusive, Heartbeat, TaskFilter, TaskStore,
+    AttemptOutcome, AttemptRecord, CancelOutcome, Exclusive, Heartbeat, Pruned, TaskFilter,
+    TaskStore,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -774,6 +775,7 @@ async fn batch_statements_look_rows_up_by_key() {
         ("REAP_ATTEMPTS", runs::REAP_ATTEMPTS),
         ("UNPUBLISH_QUEUED", runs::UNPUBLISH_QUEUED),
         ("MARK_RELAYED", runs::MARK_RELAYED),
+        ("PRUNE_TASKS", retention::PRUNE_TASKS),
     ];
     for (name, sql) in statements {
         let params = (1..10).filter(|n| sql.contains(&format!("?{n}"))).count();
@@ -841,5 +843,233 @@ async fn throughput() {
         rate(recorded_in),
         rate(total),
         total.as_secs_f64()
+    );
+
+    // The pruner's batches, each one write transaction the hot path waits behind.
+    tick().await;
+    let mut slowest = Duration::ZERO;
+    let prune_start = Instant::now();
+    loop {
+        let batch_start = Instant::now();
+        let pruned = s
+            .prune_tasks(TaskStatus::Succeeded, Duration::ZERO, 1000)
+            .await
+            .unwrap();
+        slowest = slowest.max(batch_start.elapsed());
+        if pruned.tasks < 1000 {
+            break;
+        }
+    }
+    let pruned_in = prune_start.elapsed();
+    println!(
+        "sqlite store, prune {TASKS} tasks and their attempts: {:.0} tasks/s in batches of 1000, \
+         slowest batch {:.1} ms",
+        rate(pruned_in),
+        slowest.as_secs_f64() * 1000.0
+    );
+}
+
+/// Finished tasks past their age go with their attempts, oldest first and a batch at a time;
+/// queued and running tasks, younger ones and other statuses stay; keys are free again.
+#[tokio::test]
+async fn prune_deletes_finished_tasks_with_their_attempts() {
+    let fx = fresh().await;
+    let s = &fx.store;
+    let tasks = insert(
+        s,
+        ["ok-1", "ok-2", "failed", "cancelled", "queued", "running"]
+            .map(|key| new_task(Some(key)))
+            .to_vec(),
+    )
+    .await;
+    let [ok1, ok2, failed, cancelled, queued, running] = &tasks[..] else {
+        unreachable!()
+    };
+    let claimed = s
+        .claim(&[ok1.id, ok2.id, failed.id, running.id], "w1", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    let by_id = |id: Uuid| claimed.iter().find(|t| t.id == id).unwrap();
+    // ok-1 is retried once first: two attempt records.
+    s.record(
+        "w1",
+        &[record(
+            by_id(ok1.id),
+            TaskStatus::Queued,
+            AttemptOutcome::Retry,
+        )],
+    )
+    .await
+    .unwrap();
+    let again = s.claim(&[ok1.id], "w1", LEASE).await.unwrap().remove(0);
+    s.record(
+        "w1",
+        &[
+            record(&again, TaskStatus::Succeeded, AttemptOutcome::Succeeded),
+            record(
+                by_id(ok2.id),
+                TaskStatus::Succeeded,
+                AttemptOutcome::Succeeded,
+            ),
+            record(by_id(failed.id), TaskStatus::Failed, AttemptOutcome::Failed),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.cancel(cancelled.id).await.unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    assert_eq!(s.attempts(None, 100).await.unwrap().len(), 4);
+    tick().await;
+
+    // Nothing finished an hour ago.
+    let hour = Duration::from_secs(3600);
+    for status in [
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ] {
+        assert_eq!(
+            s.prune_tasks(status, hour, 1000).await.unwrap(),
+            Pruned::default()
+        );
+    }
+    // Only finished statuses can be pruned.
+    for status in [TaskStatus::Queued, TaskStatus::Running] {
+        assert!(matches!(
+            s.prune_tasks(status, Duration::ZERO, 1000).await,
+            Err(Error::Invalid { .. })
+        ));
+    }
+
+    // Batches of one, oldest finish first: ok-1 (finished first) with its two attempts.
+    let first = s
+        .prune_tasks(TaskStatus::Succeeded, Duration::ZERO, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Pruned {
+            tasks: 1,
+            attempts: 2
+        }
+    );
+    assert!(s.task(ok1.id).await.unwrap().is_none());
+    assert!(s.task(ok2.id).await.unwrap().is_some());
+    let rest = s
+        .prune_tasks(TaskStatus::Succeeded, Duration::ZERO, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest,
+        Pruned {
+            tasks: 1,
+            attempts: 1
+        }
+    );
+    assert_eq!(
+        s.prune_tasks(TaskStatus::Succeeded, Duration::ZERO, 1)
+            .await
+            .unwrap(),
+        Pruned::default()
+    );
+    // The failed task's attempt stays until its own status is pruned.
+    let left: Vec<Uuid> = s
+        .attempts(None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.task_id)
+        .collect();
+    assert_eq!(left, [failed.id]);
+    assert_eq!(
+        s.prune_tasks(TaskStatus::Cancelled, Duration::ZERO, 1000)
+            .await
+            .unwrap(),
+        Pruned {
+            tasks: 1,
+            attempts: 0
+        }
+    );
+    assert_eq!(
+        s.prune_tasks(TaskStatus::Failed, Duration::ZERO, 1000)
+            .await
+            .unwrap(),
+        Pruned {
+            tasks: 1,
+            attempts: 1
+        }
+    );
+    assert!(s.attempts(None, 100).await.unwrap().is_empty());
+    assert_eq!(get(s, queued.id).await.status, TaskStatus::Queued);
+    assert_eq!(get(s, running.id).await.status, TaskStatus::Running);
+
+    // A pruned task's key is free again: the same key makes a new task.
+    let reused = s
+        .insert_tasks(&[new_task(Some("ok-1")), new_task(Some("queued"))])
+        .await;
+    let reused: Vec<_> = reused.into_iter().map(Result::unwrap).collect();
+    assert!(reused[0].created && reused[0].task.id != ok1.id);
+    assert!(!reused[1].created && reused[1].task.id == queued.id);
+}
+
+#[tokio::test]
+async fn prune_removes_workers_gone_for_long() {
+    let fx = fresh().await;
+    let s = &fx.store;
+    for id in ["gone", "stopped-long-ago", "stopped-now", "live"] {
+        s.register_worker(id, "host", "v").await.unwrap();
+    }
+    s.mark_worker_stopped("stopped-long-ago").await.unwrap();
+    s.mark_worker_stopped("stopped-now").await.unwrap();
+    let two_days_ago = super::rows::now() - 2 * 86_400 * 1_000_000;
+    sqlx::query("update workers set last_seen = ?1 where id in ('gone', 'stopped-long-ago')")
+        .bind(two_days_ago)
+        .execute(&fx.store.writer)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(s.prune_workers(day, 1).await.unwrap(), 1);
+    assert_eq!(s.prune_workers(day, 1000).await.unwrap(), 1);
+    assert_eq!(s.prune_workers(day, 1000).await.unwrap(), 0);
+    let mut left: Vec<String> = sqlx::query_scalar("select id from workers")
+        .fetch_all(&fx.store.readers)
+        .await
+        .unwrap();
+    left.sort();
+    assert_eq!(left, ["live", "stopped-now"]);
+
+    // One pruner at a time, beside (not instead of) the broker check.
+    let lock = s.try_lock(Exclusive::Prune).await.unwrap().unwrap();
+    assert!(s.try_lock(Exclusive::Prune).await.unwrap().is_none());
+    assert!(s.try_lock(Exclusive::BrokerCheck).await.unwrap().is_some());
+    lock.release().await.unwrap();
+    assert!(s.try_lock(Exclusive::Prune).await.unwrap().is_some());
+}
+
+/// The pruner's statement finds its rows through the partial index of finished tasks, never by
+/// walking the table or a whole status.
+#[tokio::test]
+async fn prune_uses_the_finished_index() {
+    let fx = fresh().await;
+    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "explain query plan {}",
+        retention::PRUNE_TASKS
+    )))
+    .bind("succeeded")
+    .bind(0_i64)
+    .bind(1000_i64)
+    .fetch_all(&fx.store.readers)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get("detail"))
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("USING INDEX tasks_finished_idx")),
+        "{plan:?}"
     );
 }
