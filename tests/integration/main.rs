@@ -6,6 +6,7 @@
 
 mod api;
 mod api_support;
+mod backlog;
 mod bench;
 mod broker_loss;
 mod cli;
