@@ -11,6 +11,7 @@ mod bench;
 mod broker_loss;
 mod cli;
 mod common;
+mod dead_letters;
 mod egress;
 mod fake_agent;
 mod hardening;
