@@ -106,8 +106,9 @@ async fn refresh_backlog(state: &AppState) {
     }
 }
 
-/// Refresh the gauges that describe the whole system (queue depths, paused state, live workers)
-/// at scrape time, each with a short timeout so a dead dependency does not stall the scrape.
+/// Refresh the gauges that describe the whole system (queue depths, paused state, live workers,
+/// and the backlog when its last count is old enough) at scrape time, each with a short timeout
+/// so a dead dependency does not stall the scrape.
 async fn sample_system_gauges(state: &AppState) {
     let timeout = Duration::from_secs(1);
     let (depths, paused, live, ()) = tokio::join!(
