@@ -8,17 +8,20 @@ use crate::store::{BACKLOG_COUNT_CAP, Backlog};
 impl SqliteStore {
     /// Tasks due, delayed and running, and the age of the oldest due task, on the partial
     /// indexes of queued (`tasks_queued_run_at_idx`) and running rows; each count stops at
-    /// [`BACKLOG_COUNT_CAP`].
+    /// [`BACKLOG_COUNT_CAP`]. The indexes are named: without statistics (no `ANALYZE`) SQLite
+    /// prefers `tasks_status_id_idx` and would read every queued row for each figure.
     pub(super) async fn count_backlog(&self) -> Result<Backlog> {
         let now = rows::now();
         let (due, delayed, running, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
             "select
-                 (select count(*) from (select 1 from tasks
+                 (select count(*) from (select 1 from tasks indexed by tasks_queued_run_at_idx
                                         where status = 'queued' and run_at <= ?1 limit ?2)),
-                 (select count(*) from (select 1 from tasks
+                 (select count(*) from (select 1 from tasks indexed by tasks_queued_run_at_idx
                                         where status = 'queued' and run_at > ?1 limit ?2)),
-                 (select count(*) from (select 1 from tasks where status = 'running' limit ?2)),
-                 (select min(run_at) from tasks where status = 'queued' and run_at <= ?1)",
+                 (select count(*) from (select 1 from tasks indexed by tasks_running_lease_idx
+                                        where status = 'running' limit ?2)),
+                 (select min(run_at) from tasks indexed by tasks_queued_run_at_idx
+                  where status = 'queued' and run_at <= ?1)",
         )
         .bind(now)
         .bind(BACKLOG_COUNT_CAP)
