@@ -137,6 +137,7 @@ COUNTERS_GAUGES = {
     "bgagent_queue_messages", "bgagent_fleet_paused", "bgagent_workers_live",
     "bgagent_tasks_processed_total", "bgagent_worker_in_flight", "bgagent_worker_paused",
     "bgagent_executor_errors_total", "bgagent_relay_published_total", "bgagent_tasks_recovered_total",
+    "bgagent_backlog_tasks", "bgagent_oldest_due_task_age_seconds", "bgagent_tasks_failed_total",
 }
 HISTOGRAMS = {"bgagent_http_request_duration_seconds", "bgagent_task_run_seconds",
               "bgagent_task_queue_wait_seconds"}
@@ -466,19 +467,54 @@ def policy_errors(docs, secret_keys):
         errors.append("the worker Deployment has no autoscaler")
     for so in by_kind.get("ScaledObject", {}).values():
         for t in so["spec"]["triggers"]:
-            if t["type"] == "rabbitmq":
-                q = t["metadata"].get("queueName")
-                if q != f"{prefix}.tasks":
-                    errors.append(f"ScaledObject queueName {q} != {prefix}.tasks")
-                auth = t.get("authenticationRef", {}).get("name")
-                if auth not in by_kind.get("TriggerAuthentication", {}):
-                    errors.append(f"ScaledObject refers to missing TriggerAuthentication {auth}")
+            # The backlog in tasks, not RabbitMQ's message count (a message may carry several
+            # tasks); every API replica reports the same figure, so max(), never a bare sum.
+            if t["type"] != "prometheus":
+                errors.append(f"ScaledObject trigger {t['type']}: scale on the backlog gauges "
+                              "(type prometheus, bgagent_backlog_tasks)")
+                continue
+            q = t["metadata"].get("query", "")
+            if "bgagent_backlog_tasks" not in q or "max" not in q:
+                errors.append(f"ScaledObject query {q!r} must take max() of bgagent_backlog_tasks")
+            auth = t.get("authenticationRef", {}).get("name")
+            if auth and auth not in by_kind.get("TriggerAuthentication", {}):
+                errors.append(f"ScaledObject refers to missing TriggerAuthentication {auth}")
         if so["spec"].get("minReplicaCount", 0) < 1:
             errors.append("ScaledObject minReplicaCount must be >= 1 (workers run the relay)")
+    errors += connection_budget_errors(by_kind, config)
     for ta in by_kind.get("TriggerAuthentication", {}).values():
         for ref in ta["spec"].get("secretTargetRef", []):
             if ref["key"] not in secret_keys:
                 errors.append(f"TriggerAuthentication key {ref['key']} is not in secret.example.yaml")
+    return errors
+
+
+# A stock PostgreSQL allows 100 connections and keeps 3 for superusers; leave a few more for the
+# migration Job, psql and monitoring (docs/OPERATIONS.md, "Connection budget").
+MAX_APP_CONNECTIONS = 90
+
+
+def connection_budget_errors(by_kind, config):
+    """Maximum replicas x BGAGENT_DB_POOL_SIZE of the API and the workers, within the budget."""
+    errors = []
+    default_pool = int(config.get("BGAGENT_DB_POOL_SIZE", "16"))
+    max_replicas = {}
+    for h in by_kind.get("HorizontalPodAutoscaler", {}).values():
+        max_replicas[h["spec"]["scaleTargetRef"]["name"]] = h["spec"]["maxReplicas"]
+    for so in by_kind.get("ScaledObject", {}).values():
+        max_replicas[so["spec"]["scaleTargetRef"]["name"]] = so["spec"].get("maxReplicaCount", 100)
+    total = 0
+    for name, d in by_kind.get("Deployment", {}).items():
+        pool = default_pool
+        for c in pod_spec(d).get("containers", []):
+            for e in c.get("env", []):
+                if e.get("name") == "BGAGENT_DB_POOL_SIZE" and "value" in e:
+                    pool = int(e["value"])
+        replicas = max_replicas.get(name, d["spec"].get("replicas", 1))
+        total += replicas * pool
+    if total > MAX_APP_CONNECTIONS:
+        errors.append(f"connection budget: maximum replicas x BGAGENT_DB_POOL_SIZE = {total} "
+                      f"PostgreSQL connections > {MAX_APP_CONNECTIONS} (a stock server allows 100)")
     return errors
 
 

@@ -47,9 +47,25 @@ ensure_rabbitmq() {
   wait_for RabbitMQ 127.0.0.1 5672 120
 }
 
+# Bound the local broker's dead-letter queues like the deployments do (docs/OPERATIONS.md, "Dead
+# letters"): a policy, so it applies to the queues as they are. Only where rabbitmqctl reaches the
+# local broker; the tests set their own policies.
+bound_dead_letters() {
+  if [[ -n "${AMQP_URL:-}" && "$AMQP_URL" != *"127.0.0.1:5672"* && "$AMQP_URL" != *"localhost:5672"* ]]; then
+    return 0
+  fi
+  command -v rabbitmqctl >/dev/null || return 0
+  local prefix="${BGAGENT_BROKER_PREFIX:-bgagent}"
+  rabbitmqctl -q set_policy --apply-to queues --priority 10 "$prefix-dead-letters" \
+    "^$prefix[.]dead([.]events)?\$" \
+    '{"max-length":100000,"message-ttl":1209600000,"overflow":"drop-head"}' >/dev/null 2>&1 ||
+    echo "services: could not set the dead-letter policy (rabbitmqctl set_policy); continuing" >&2
+}
+
 docker_engine() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
 if ensure_postgres && ensure_rabbitmq; then
+  bound_dead_letters
   echo "services: PostgreSQL and RabbitMQ are up"
 elif docker_engine; then
   echo "services: not available locally; the integration tests start them with testcontainers"

@@ -1,10 +1,13 @@
 //! Prometheus metrics of the API process.
 
 use bgagent_shared::labels::AgentLabels;
+use bgagent_shared::store::BACKLOG_COUNT_CAP;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Counters and histograms the API exports at `/metrics`.
 #[derive(Clone, Debug)]
@@ -26,6 +29,12 @@ pub struct Metrics {
     pub(crate) fleet_paused: IntGauge,
     /// Live workers, sampled at scrape time.
     pub(crate) workers_live: IntGauge,
+    /// Tasks by state (`due`, `delayed`, `running`), from the store at most every few seconds.
+    pub(crate) backlog_tasks: IntGaugeVec,
+    /// Age of the oldest due task (no labels; a vector so a failed refresh can omit it).
+    pub(crate) oldest_due_age: GaugeVec,
+    /// When the backlog gauges were last refreshed; held while a refresh runs.
+    pub(crate) backlog_refreshed: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl Metrics {
@@ -69,12 +78,31 @@ impl Metrics {
             "bgagent_workers_live",
             "Workers that sent a heartbeat in the last 30 seconds",
         )?;
+        let backlog_tasks = IntGaugeVec::new(
+            Opts::new(
+                "bgagent_backlog_tasks",
+                format!(
+                    "Tasks by state: due (queued, run_at passed), delayed (queued, run_at \
+                     ahead), running; each count stops at {BACKLOG_COUNT_CAP}"
+                ),
+            ),
+            &["state"],
+        )?;
+        let oldest_due_age = GaugeVec::new(
+            Opts::new(
+                "bgagent_oldest_due_task_age_seconds",
+                "Seconds since the oldest queued task became due (0 when none is due)",
+            ),
+            &[],
+        )?;
         // Zero-valued series exist from the start, so rate() and alerts see them before the
         // first failure.
         publish_failures.with_label_values(&["unconfirmed"]);
         registry.register(Box::new(queue_messages.clone()))?;
         registry.register(Box::new(fleet_paused.clone()))?;
         registry.register(Box::new(workers_live.clone()))?;
+        registry.register(Box::new(backlog_tasks.clone()))?;
+        registry.register(Box::new(oldest_due_age.clone()))?;
         registry.register(Box::new(tasks_enqueued.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -89,6 +117,9 @@ impl Metrics {
             queue_messages,
             fleet_paused,
             workers_live,
+            backlog_tasks,
+            oldest_due_age,
+            backlog_refreshed: Arc::default(),
         })
     }
 

@@ -6,10 +6,12 @@
 
 mod api;
 mod api_support;
+mod backlog;
 mod bench;
 mod broker_loss;
 mod cli;
 mod common;
+mod dead_letters;
 mod egress;
 mod fake_agent;
 mod hardening;

@@ -13,8 +13,8 @@ use crate::state::Shared;
 /// Copies that may wait for the queue before new ones are dropped.
 pub(crate) const BACKLOG: usize = 4096;
 
-/// Queue a copy of a terminally failed task; when the copies back up, this one is dropped
-/// (logged and counted).
+/// Count a terminally failed task and queue a copy of it; when the copies back up, the copy is
+/// dropped (logged and counted).
 pub(crate) fn dead_letter(
     shared: &Shared,
     task_id: Uuid,
@@ -22,6 +22,11 @@ pub(crate) fn dead_letter(
     attempts: i32,
     error: Option<&str>,
 ) {
+    shared
+        .metrics
+        .failed
+        .with_label_values(&[shared.metrics.agent_label(agent)])
+        .inc();
     let copy = DeadCopy {
         task_id,
         agent: agent.to_owned(),

@@ -61,6 +61,12 @@ async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
             .processed
             .with_label_values(&[shared.metrics.agent_label(&agent), "failed"])
             .inc();
+        // The broker already holds the dead copy, so this failure is counted here.
+        shared
+            .metrics
+            .failed
+            .with_label_values(&[shared.metrics.agent_label(&agent)])
+            .inc();
     }
 }
 

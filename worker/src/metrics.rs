@@ -24,6 +24,8 @@ pub struct WorkerMetrics {
     pub agents: AgentLabels,
     /// Attempts finished, by agent and outcome.
     pub processed: IntCounterVec,
+    /// Tasks that failed terminally (no retry follows), by agent: the failure-rate alerts.
+    pub failed: IntCounterVec,
     /// Attempt run time, by agent.
     pub run_seconds: HistogramVec,
     /// Time from due to start, by agent.
@@ -63,6 +65,14 @@ impl WorkerMetrics {
             Opts::new("bgagent_tasks_processed_total", "Task attempts finished"),
             &["agent", "outcome"],
         )?;
+        let failed = IntCounterVec::new(
+            Opts::new(
+                "bgagent_tasks_failed_total",
+                "Tasks that failed terminally (last attempt failed or timed out, worker lost on \
+                 the last attempt, message dead-lettered)",
+            ),
+            &["agent"],
+        )?;
         let run_seconds = HistogramVec::new(
             HistogramOpts::new("bgagent_task_run_seconds", "Attempt run time")
                 .buckets(latency_buckets()),
@@ -91,6 +101,7 @@ impl WorkerMetrics {
             "Running tasks of lost workers returned to the queue or failed",
         )?;
         registry.register(Box::new(processed.clone()))?;
+        registry.register(Box::new(failed.clone()))?;
         registry.register(Box::new(run_seconds.clone()))?;
         registry.register(Box::new(queue_wait_seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -128,6 +139,7 @@ impl WorkerMetrics {
             registry,
             agents,
             processed,
+            failed,
             run_seconds,
             queue_wait_seconds,
             in_flight,

@@ -60,14 +60,62 @@ pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Refresh the gauges that describe the whole system (queue depths, paused state, live workers)
-/// at scrape time, each with a short timeout so a dead dependency does not stall the scrape.
+/// The backlog gauges are refreshed at most this often: every API replica is scraped, and each
+/// refresh is a few index scans of up to [`bgagent_shared::store::BACKLOG_COUNT_CAP`] rows.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How long a scrape waits for the backlog figure.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refresh the backlog gauges when the last refresh is older than [`BACKLOG_EVERY`]. A scrape
+/// that finds another one refreshing serves the current values without waiting. A refresh that
+/// fails or takes longer than [`BACKLOG_TIMEOUT`] removes the gauges until the next one
+/// succeeds: an absent series is honest, a stale one would keep scaling the workers on a figure
+/// nobody measured.
+async fn refresh_backlog(state: &AppState) {
+    let m = &state.metrics;
+    let Ok(mut refreshed) = m.backlog_refreshed.try_lock() else {
+        return;
+    };
+    if refreshed.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
+        return;
+    }
+    *refreshed = Some(Instant::now());
+    match tokio::time::timeout(BACKLOG_TIMEOUT, state.store.backlog()).await {
+        Ok(Ok(backlog)) => {
+            for (label, value) in [
+                ("due", backlog.due),
+                ("delayed", backlog.delayed),
+                ("running", backlog.running),
+            ] {
+                m.backlog_tasks.with_label_values(&[label]).set(value);
+            }
+            m.oldest_due_age
+                .with_label_values::<&str>(&[])
+                .set(backlog.oldest_due_age_secs);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "backlog gauges omitted: the store refused the count");
+            m.backlog_tasks.reset();
+            m.oldest_due_age.reset();
+        }
+        Err(_) => {
+            tracing::debug!("backlog gauges omitted: the store did not answer in time");
+            m.backlog_tasks.reset();
+            m.oldest_due_age.reset();
+        }
+    }
+}
+
+/// Refresh the gauges that describe the whole system (queue depths, paused state, live workers,
+/// and the backlog when its last count is old enough) at scrape time, each with a short timeout
+/// so a dead dependency does not stall the scrape.
 async fn sample_system_gauges(state: &AppState) {
     let timeout = Duration::from_secs(1);
-    let (depths, paused, live) = tokio::join!(
+    let (depths, paused, live, ()) = tokio::join!(
         tokio::time::timeout(timeout, state.queue.depths()),
         tokio::time::timeout(timeout, state.store.paused()),
         tokio::time::timeout(timeout, state.store.live_workers()),
+        refresh_backlog(state),
     );
     let m = &state.metrics;
     if let Ok(Ok(depths)) = depths {

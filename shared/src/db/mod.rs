@@ -9,6 +9,7 @@
 //! instead of 2 ms while 30,000 tasks were queued.
 
 pub mod agents;
+pub mod backlog;
 pub mod control;
 pub mod json;
 pub mod retention;

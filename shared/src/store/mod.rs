@@ -159,6 +159,24 @@ pub struct Heartbeat<'a> {
     pub processed: i64,
 }
 
+/// Most rows one [`Backlog`] count looks at: a count stops there, so one scrape costs at most
+/// that many index entries however large the backlog grows. The figure then reads "at least".
+pub const BACKLOG_COUNT_CAP: i64 = 100_000;
+
+/// Tasks waiting and running, as the backlog gauges export them. Counts stop at
+/// [`BACKLOG_COUNT_CAP`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Backlog {
+    /// Queued tasks whose `run_at` has come: what workers should be running now.
+    pub due: i64,
+    /// Queued tasks whose `run_at` is in the future (delayed enqueues, retries in back-off).
+    pub delayed: i64,
+    /// Tasks a worker holds.
+    pub running: i64,
+    /// Seconds since the oldest due task became due (0 when none is due).
+    pub oldest_due_age_secs: f64,
+}
+
 /// Work that one process of the fleet does at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exclusive {
@@ -276,6 +294,10 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<(String, i32)>>;
     /// Make queued tasks unpublished, so the relay publishes each in a message of its own.
     async fn unpublish_queued(&self, ids: &[Uuid]) -> Result<u64>;
+
+    /// Tasks due, delayed and running, and the age of the oldest due task: a few index lookups,
+    /// each count capped at [`BACKLOG_COUNT_CAP`].
+    async fn backlog(&self) -> Result<Backlog>;
 
     /// Take up to `limit` due, unpublished tasks for publishing. Fresh enqueues younger than
     /// `fresh_grace` are left to the API that accepted them.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    AttemptOutcome, AttemptRecord, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted,
-    LockGuard, Pruned, Reaped, Recorded, TaskFilter, TaskStore,
+    AttemptOutcome, AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat,
+    Inserted, LockGuard, Pruned, Reaped, Recorded, TaskFilter, TaskStore,
 };
 use crate::config::DatabaseConfig;
 use crate::db;
@@ -255,6 +255,10 @@ impl TaskStore for PgStore {
 
     async fn set_broker_epoch(&self, epoch: Uuid) -> Result<()> {
         db::runs::set_broker_epoch(&self.pool, epoch).await
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        db::backlog::backlog(&self.pool).await
     }
 
     async fn stale_published_exists(&self, age: Duration) -> Result<bool> {

@@ -12,6 +12,7 @@
 //! The clock is this process's clock: every time is computed here and bound, as microseconds
 //! since the Unix epoch (UTC).
 
+mod backlog;
 mod fleet;
 mod retention;
 mod rows;
@@ -37,8 +38,8 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
 use crate::store::{
-    AttemptRecord, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted, LockGuard, Pruned,
-    Reaped, Recorded, TaskFilter, TaskStore,
+    AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted, LockGuard,
+    Pruned, Reaped, Recorded, TaskFilter, TaskStore,
 };
 use crate::{Error, Result};
 
@@ -430,6 +431,10 @@ impl TaskStore for SqliteStore {
 
     async fn set_broker_epoch(&self, epoch: Uuid) -> Result<()> {
         self.put_broker_epoch(epoch).await
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        self.count_backlog().await
     }
 
     async fn stale_published_exists(&self, age: Duration) -> Result<bool> {
