@@ -66,10 +66,6 @@ async fn every_list_filter_and_hot_statement_uses_an_index() {
 
     // The generic plan of each list statement, for every filter combination and both forms.
     let mut conn = env.db().acquire().await.unwrap();
-    sqlx::query("set plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     let cases = [
         (None, None, "tasks_pkey"),
         (Some(TaskStatus::Queued), None, "tasks_status_id_idx"),
@@ -82,7 +78,16 @@ async fn every_list_filter_and_hot_statement_uses_an_index() {
     ];
     let mut n = 0;
     for (status, agent, index) in cases {
-        for full in [false, true] {
+        for (full, mode) in [
+            (false, "force_generic_plan"),
+            (true, "force_generic_plan"),
+            (false, "force_custom_plan"),
+        ] {
+            // The plan a prepared statement keeps, and the plan for these values.
+            sqlx::query(sqlx::AssertSqlSafe(format!("set plan_cache_mode = {mode}")))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
             let filter = TaskFilter {
                 status,
                 agent: agent.map(str::to_owned),
@@ -105,19 +110,20 @@ async fn every_list_filter_and_hot_statement_uses_an_index() {
                 "explain (format json) execute list_{n}({})",
                 args.join(", ")
             );
-            let plan: db::json::LenientJson = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-            let plan: Value = plan.into();
+            let sqlx::types::Json(plan): sqlx::types::Json<Value> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
             let mut found = Vec::new();
             nodes(&plan[0]["Plan"], &mut found);
             assert!(
                 !found.iter().any(|(node, _, _)| node.contains("Seq Scan")),
                 "{status:?} {agent:?}: {found:?}"
             );
+            // A custom plan may take another index for a value the statistics say is rare.
             assert!(
-                found.iter().any(|(_, _, used)| used == index),
+                mode == "force_custom_plan" || found.iter().any(|(_, _, used)| used == index),
                 "{status:?} {agent:?} should use {index}: {found:?}"
             );
         }

@@ -173,11 +173,20 @@ macro_rules! summary_columns {
     };
 }
 
-/// The statements of [`list`], one per filter combination and column set, so the generic plan
-/// of each prepared statement walks the index that serves it: a catch-all
-/// `($1 is null or status = $1)` can use no index for its filter, and its generic plan walked the
-/// primary key through every finished task to find the few queued ones. `id < $n` is always
-/// there (the cursor, or past every id), so one statement serves the first page and the next.
+/// The statements of [`list`], one per filter combination and column set, each served by its
+/// index whatever the statistics say, because a prepared statement keeps one generic plan for
+/// every value of its parameters:
+/// - a catch-all `($1 is null or status = $1)` can use no index for its filter;
+/// - `status = $1` makes the status a constant the planner drops from the ordering, so the
+///   primary key can serve `order by id desc` too, and with a parameter's average selectivity
+///   (a third, for three statuses in the table) the generic plan walked the primary key: through
+///   every finished task to find a page of queued ones (measured in `tests/integration/plans.rs`).
+///
+/// So the filtered column is compared with `= any(array[$1])`, which an index serves as it
+/// serves `= $1` but which leaves the column in the ordering, and the page is ordered on it: only
+/// the index that starts with it returns the page in order, and the primary key would have to
+/// sort every matching row. `id < $n` is always there (the cursor, or past every id), so one statement
+/// serves the first page and the next.
 macro_rules! list_statements {
     ($columns:expr) => {
         [
@@ -191,19 +200,23 @@ macro_rules! list_statements {
             concat!(
                 "select ",
                 $columns,
-                " from tasks where status = $1 and id < $2 order by id desc limit $3"
+                " from tasks where status = any(array[$1]) and id < $2
+                  order by status, id desc limit $3"
             ),
             // tasks_agent_id_idx (agent, id desc).
             concat!(
                 "select ",
                 $columns,
-                " from tasks where agent = $1 and id < $2 order by id desc limit $3"
+                " from tasks where agent = any(array[$1]) and id < $2
+                  order by agent, id desc limit $3"
             ),
-            // tasks_agent_status_id_idx (agent, status, id desc).
+            // tasks_agent_status_id_idx (agent, status, id desc); the status may be a plain
+            // equality: the agent already keeps the primary key out.
             concat!(
                 "select ",
                 $columns,
-                " from tasks where agent = $1 and status = $2 and id < $3 order by id desc limit $4"
+                " from tasks where agent = any(array[$1]) and status = $2 and id < $3
+                  order by agent, id desc limit $4"
             ),
         ]
     };

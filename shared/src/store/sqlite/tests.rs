@@ -851,7 +851,9 @@ async fn every_list_filter_walks_its_index_and_summaries_leave_out_meta_and_resu
     let f = fresh().await;
     let s = &f.store;
     let task = new_task(None);
-    s.insert_tasks(std::slice::from_ref(&task)).await.unwrap();
+    s.insert_tasks(std::slice::from_ref(&task)).await[0]
+        .as_ref()
+        .unwrap();
     let listed = s
         .tasks(&TaskFilter {
             limit: 10,
