@@ -43,7 +43,7 @@ pub async fn prefill(database_url: &str, rows: i64, quiet: bool) -> anyhow::Resu
 }
 
 /// Time the first page of each list filter: no filter, each status, an agent, an agent with
-/// each status; pages of 50 (the default) and 500 (the most), summaries; one page of 500 in
+/// each status, an agent without tasks; pages of 50 (the default) and 500 (the most), summaries; one page of 500 in
 /// full; and `GET /processed`.
 pub async fn measure(client: &Client) -> anyhow::Result<Vec<ListFigure>> {
     let agent = || Some("echo".to_owned());
@@ -62,6 +62,14 @@ pub async fn measure(client: &Client) -> anyhow::Result<Vec<ListFigure>> {
         queries.push(TaskQuery {
             status: Some(status),
             agent: agent(),
+            ..Default::default()
+        });
+    }
+    // An agent with no task: a plan that walked the primary key would read every row.
+    for status in [None, Some(TaskStatus::Succeeded)] {
+        queries.push(TaskQuery {
+            status,
+            agent: Some("nobody".to_owned()),
             ..Default::default()
         });
     }
