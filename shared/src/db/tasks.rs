@@ -185,8 +185,8 @@ macro_rules! summary_columns {
 /// So the filtered column is compared with `= any(array[$1])`, which an index serves as it
 /// serves `= $1` but which leaves the column in the ordering, and the page is ordered on it: only
 /// the index that starts with it returns the page in order, and the primary key would have to
-/// sort every matching row. `id < $n` is always there (the cursor, or past every id), so one statement
-/// serves the first page and the next.
+/// sort every matching row. `id < $n` is always there (the cursor, or past every id), so one
+/// statement serves the first page and the next.
 macro_rules! list_statements {
     ($columns:expr) => {
         [
