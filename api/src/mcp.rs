@@ -188,6 +188,10 @@ pub struct ListTasksArgs {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Also return each task's `meta` and `result` (default false: summaries without them;
+    /// `get_task` returns one task in full).
+    #[serde(default)]
+    pub full: Option<bool>,
 }
 
 /// Arguments of `list_agents` (none).
@@ -249,7 +253,7 @@ impl McpServer {
     }
 
     /// Tasks newest first, optionally filtered by status and agent; pass `next_cursor` as
-    /// `cursor` for the next page.
+    /// `cursor` for the next page. Summaries without `meta` and `result` unless `full` is true.
     #[tool(input_schema = schema::<ListTasksArgs>(), annotations(read_only_hint = true))]
     async fn list_tasks(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
         let ListTasksArgs {
@@ -257,12 +261,14 @@ impl McpServer {
             agent,
             limit,
             cursor,
+            full,
         } = parse_args(args)?;
         let query = ListTasksQuery {
             status,
             agent,
             limit: limit.map(|l| l.to_string()),
             cursor,
+            full: full.map(|f| f.to_string()),
         };
         respond(tasks::task_page(&self.state, query).await)
     }

@@ -281,5 +281,30 @@ mod tests {
         assert_eq!(param("limit")["maximum"], 500);
         assert_eq!(param("cursor")["format"], "uuid");
         assert_eq!(param("agent")["pattern"], enqueue["agent"]["pattern"]);
+        assert_eq!(param("full")["type"], "boolean");
+    }
+
+    #[test]
+    fn listed_tasks_may_leave_out_meta_and_result() {
+        let doc = document();
+        let task = &doc["components"]["schemas"]["Task"];
+        let required: Vec<&str> = task["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            required.contains(&"id") && required.contains(&"status"),
+            "{task}"
+        );
+        for field in ["meta", "result"] {
+            assert!(!required.contains(&field), "{field} is required: {task}");
+            // Absent, never null.
+            assert_eq!(
+                task["properties"][field]["type"], "object",
+                "{field}: {task}"
+            );
+        }
     }
 }

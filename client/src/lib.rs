@@ -330,7 +330,8 @@ impl Client {
         .await
     }
 
-    /// `GET /tasks`: tasks newest first, filtered and paged by `query`.
+    /// `GET /tasks`: tasks newest first, filtered and paged by `query`; summaries (no `meta`,
+    /// no `result`) unless `query.full`.
     pub async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage> {
         self.call(
             Retry::Idempotent,

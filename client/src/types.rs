@@ -34,6 +34,9 @@ pub struct TaskQuery {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Also fetch each task's `meta` and `result` (`full=true`). Without it the tasks are
+    /// summaries: `meta` is JSON null and `result` None.
+    pub full: bool,
 }
 
 impl TaskQuery {
@@ -52,6 +55,9 @@ impl TaskQuery {
             }
             .pairs(),
         );
+        if self.full {
+            pairs.push(("full", "true".to_owned()));
+        }
         pairs
     }
 }
@@ -90,6 +96,7 @@ mod tests {
             agent: Some("echo".into()),
             limit: Some(5),
             cursor: Some("c".into()),
+            full: true,
         };
         assert_eq!(
             query.pairs(),
@@ -98,6 +105,7 @@ mod tests {
                 ("agent", "echo".to_owned()),
                 ("limit", "5".to_owned()),
                 ("cursor", "c".to_owned()),
+                ("full", "true".to_owned()),
             ]
         );
     }

@@ -51,6 +51,17 @@ pub struct BenchArgs {
     /// `--embedded`).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// With `--spawn` on PostgreSQL: first fill the fresh database with this many finished tasks
+    /// (and their attempts), then time the first page of every `GET /tasks` filter and of
+    /// `GET /processed` (median of 7) before the throughput run. `--tasks 0` times only the
+    /// lists.
+    #[arg(
+        long,
+        requires = "spawn",
+        conflicts_with = "embedded",
+        value_name = "ROWS"
+    )]
+    pub prefill: Option<i64>,
     /// Give up waiting for the tasks to finish after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub wait_timeout_secs: u64,
@@ -95,7 +106,7 @@ pub async fn run(
         "BACKGROUND_AGENT_API_KEY",
     )?
     .map(|k| secrecy::ExposeSecret::expose_secret(&k).to_owned());
-    if args.tasks == 0 || args.concurrency == 0 {
+    if (args.tasks == 0 && args.prefill.is_none()) || args.concurrency == 0 {
         bail!("--tasks and --concurrency must be at least 1");
     }
     let spawned = if args.spawn && args.embedded {
@@ -112,16 +123,45 @@ pub async fn run(
             api_key.context("BACKGROUND_AGENT_API_KEY (or --api-key) is required")?,
         ),
     };
-    let result = measure(&args, json, &url, &api_key, spawned.as_ref()).await;
+    let lists = match (&spawned, args.prefill) {
+        (Some(system), Some(rows)) => Some(prefilled_lists(system, rows, json, &api_key).await),
+        _ => None,
+    };
+    let result = match &lists {
+        Some(Err(_)) => None,
+        _ if args.tasks == 0 => None,
+        _ => Some(measure(&args, json, &url, &api_key, spawned.as_ref()).await),
+    };
     if let Some(system) = spawned {
         system.stop().await?;
     }
-    let report = result?;
+    let lists = lists.transpose()?;
+    let report = result.transpose()?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        // One JSON object per run: the report's figures and, with --prefill, the lists'.
+        let mut doc = match &report {
+            Some(report) => serde_json::to_value(report)?,
+            None => serde_json::json!({}),
+        };
+        if let (Some((fill_seconds, figures)), Some(object)) = (&lists, doc.as_object_mut()) {
+            object.insert("prefilled".into(), serde_json::json!(args.prefill));
+            object.insert("prefill_seconds".into(), serde_json::json!(fill_seconds));
+            object.insert("lists".into(), serde_json::to_value(figures)?);
+        }
+        println!("{doc}");
     } else {
-        print_table(&report);
+        if let Some((fill_seconds, figures)) = &lists {
+            let rows = args.prefill.unwrap_or(0);
+            println!("filled {rows} finished tasks in {fill_seconds:.0} s");
+            super::bench_lists::print(figures);
+        }
+        if let Some(report) = &report {
+            print_table(report);
+        }
     }
+    let Some(report) = report else {
+        return Ok(());
+    };
     if report.failures > 0 || report.enqueue_errors > 0 {
         bail!(
             "{} tasks failed and {} enqueues were refused",
@@ -130,6 +170,26 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// Fill the spawned system's database, then time its list pages.
+async fn prefilled_lists(
+    system: &SpawnedSystem,
+    rows: i64,
+    json: bool,
+    api_key: &str,
+) -> anyhow::Result<(f64, Vec<super::bench_lists::ListFigure>)> {
+    let database_url = system
+        .database_url()
+        .context("--prefill needs PostgreSQL")?;
+    let fill_seconds = super::bench_lists::prefill(database_url, rows, json).await?;
+    let client = Client::builder()
+        .base_url(&system.url)
+        .api_key(api_key)
+        .retry(RetryPolicy::none())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    Ok((fill_seconds, super::bench_lists::measure(&client).await?))
 }
 
 async fn measure(
@@ -321,6 +381,7 @@ async fn count_open(client: &Client, agent: &str) -> anyhow::Result<usize> {
                 agent: Some(agent.to_owned()),
                 limit: Some(500),
                 cursor: None,
+                full: false,
             })
             .await?;
         open += page.tasks.len();

@@ -190,6 +190,14 @@ impl SpawnedSystem {
         }
     }
 
+    /// The PostgreSQL database of a system on the services (None on the embedded engine).
+    pub fn database_url(&self) -> Option<&str> {
+        match &self.storage {
+            Storage::Services { database_url, .. } => Some(database_url),
+            Storage::Embedded { .. } => None,
+        }
+    }
+
     /// Peak resident memory of the API process.
     pub fn api_peak_rss_mib(&self) -> Option<f64> {
         peak_rss_mib(self.api.id())

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod bench;
+mod bench_lists;
 mod bench_spawn;
 pub mod completions;
 pub mod control;

@@ -56,6 +56,10 @@ struct ListArgs {
     /// Continue after a previous page (its next_cursor).
     #[arg(long)]
     cursor: Option<String>,
+    /// Also fetch each task's meta and result (with --json; the table shows neither). Without
+    /// it the API answers summaries; `tasks get` shows one task in full.
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +98,7 @@ pub async fn run(args: TasksArgs, opts: &ClientOptions) -> anyhow::Result<()> {
                 agent: list.filters.agent,
                 limit: list.limit,
                 cursor: list.cursor,
+                full: list.full,
             };
             let page = client.list_tasks(&query).await?;
             if opts.json {
@@ -152,6 +157,8 @@ async fn run_watch(client: &Client, args: WatchArgs, json: bool) -> anyhow::Resu
         agent: args.filters.agent.clone(),
         limit: Some(args.limit),
         cursor: None,
+        // The table shows neither meta nor result.
+        full: false,
     };
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);

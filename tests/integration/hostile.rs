@@ -147,7 +147,7 @@ both_engines! {
         assert_eq!(status, StatusCode::OK, "{read}");
         assert_eq!(read["meta"]["n"].as_f64(), Some(f64::MAX));
         assert_eq!(read["meta"]["all"], meta, "every number reads back equal");
-        let (status, page) = api.get("/tasks").await;
+        let (status, page) = api.get("/tasks?full=true").await;
         assert_eq!(status, StatusCode::OK, "{page}");
         assert_eq!(page["tasks"][0]["meta"], read["meta"], "listing reads them equal too");
 

@@ -159,6 +159,7 @@ both_engines! {
                 vec![
                     "agent".into(),
                     "cursor".into(),
+                    "full".into(),
                     "limit".into(),
                     "status".into()
                 ],

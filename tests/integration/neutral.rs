@@ -69,6 +69,7 @@ impl TestEnv {
                 status: Some(status),
                 before,
                 limit: PAGE,
+                full: true,
                 ..Default::default()
             };
             let page = self.store.tasks(&filter).await.expect("tasks");

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::TaskStatus;
 
-/// A task as stored and as returned by the API.
+/// A task as stored and as returned by the API. `GET /tasks` lists summaries: the same object
+/// without `meta` and `result` (which can be 256 KiB and 1 MiB), unless asked for with
+/// `full=true`; `GET /tasks/{id}` always has `meta`, and `result` once the task has one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
@@ -17,8 +19,10 @@ pub struct Task {
     pub agent: String,
     /// What the agent should do.
     pub command: String,
-    /// Free-form JSON object passed to the executor.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    /// Free-form JSON object passed to the executor. Absent from list summaries (JSON null in
+    /// memory then: a stored meta is always an object).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>, nullable = false))]
     pub meta: Value,
     /// Current status.
     pub status: TaskStatus,
@@ -38,8 +42,10 @@ pub struct Task {
     pub worker_id: Option<String>,
     /// Until when the holding worker's claim is valid.
     pub lease_until: Option<DateTime<Utc>>,
-    /// Executor result (succeeded tasks).
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// Executor result (succeeded tasks). Absent while the task has none, and from list
+    /// summaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>, nullable = false))]
     pub result: Option<Value>,
     /// Last error message.
     pub last_error: Option<String>,

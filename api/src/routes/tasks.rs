@@ -93,11 +93,16 @@ pub struct ListTasksQuery {
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
+    /// `true`: each task with its `meta` and `result`. Default `false`: summaries without them
+    /// (they can be 256 KiB and 1 MiB per task); `GET /tasks/{id}` has them.
+    #[param(value_type = Option<bool>)]
+    pub full: Option<String>,
 }
 
-/// List tasks newest first with keyset pagination.
+/// List tasks newest first with keyset pagination: summaries (no `meta`, no `result`) unless
+/// `full=true`.
 #[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListTasksQuery),
-    responses((status = 200, description = "A page of tasks", body = TaskPage),
+    responses((status = 200, description = "A page of tasks (summaries unless full=true)", body = TaskPage),
         (status = 400, description = "Bad cursor or query string", body = ErrorBody),
         (status = 422, description = "Invalid status, agent or limit", body = ErrorBody)),
     security(("api_key" = [])))]
@@ -129,11 +134,17 @@ pub async fn task_page(state: &AppState, query: ListTasksQuery) -> ApiResult<Tas
                 .map_err(|_| ApiError::BadRequest("bad cursor: use next_cursor as given".into()))
         })
         .transpose()?;
+    let full = match query.full.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::unprocessable("full", "must be true or false")),
+    };
     let filter = TaskFilter {
         status,
         agent,
         before,
         limit: limit + 1,
+        full,
     };
     let mut tasks = state.store.tasks(&filter).await?;
     let next_cursor = page_cursor(&mut tasks, limit, |t| t.id.to_string());

@@ -340,12 +340,15 @@ class Client:
         agent: Optional[str] = None,
         limit: Optional[int] = None,
         cursor: Optional[str] = None,
+        full: bool = False,
     ) -> List[Task]:
         """One page of tasks, newest first, optionally filtered by ``status`` and ``agent``.
 
         ``limit`` is 1-500 (server default 50). Use :meth:`iter_tasks` to walk every page.
+        The tasks are summaries without ``meta`` and ``result`` unless ``full`` is true
+        (:meth:`get` returns one task in full).
         """
-        page = self.list_page(status=status, agent=agent, limit=limit, cursor=cursor)
+        page = self.list_page(status=status, agent=agent, limit=limit, cursor=cursor, full=full)
         tasks: List[Task] = page["tasks"]
         return tasks
 
@@ -355,9 +358,17 @@ class Client:
         agent: Optional[str] = None,
         limit: Optional[int] = None,
         cursor: Optional[str] = None,
+        full: bool = False,
     ) -> Dict[str, Any]:
-        """One page as the API returns it: ``{"tasks": [...], "next_cursor"?: str}``."""
-        params = {"status": status, "agent": agent, "limit": limit, "cursor": cursor}
+        """One page as the API returns it: ``{"tasks": [...], "next_cursor"?: str}``; with
+        ``full`` each task also has ``meta`` and ``result``."""
+        params = {
+            "status": status,
+            "agent": agent,
+            "limit": limit,
+            "cursor": cursor,
+            "full": "true" if full else None,
+        }
         return self._call("GET", "/tasks", params=params, idempotent=True)
 
     def iter_tasks(
@@ -365,11 +376,15 @@ class Client:
         status: Optional[str] = None,
         agent: Optional[str] = None,
         page_size: Optional[int] = None,
+        full: bool = False,
     ) -> Iterator[Task]:
-        """Every matching task, newest first, following ``next_cursor`` page by page."""
+        """Every matching task, newest first, following ``next_cursor`` page by page
+        (summaries unless ``full``)."""
         cursor: Optional[str] = None
         while True:
-            page = self.list_page(status=status, agent=agent, limit=page_size, cursor=cursor)
+            page = self.list_page(
+                status=status, agent=agent, limit=page_size, cursor=cursor, full=full
+            )
             yield from page["tasks"]
             cursor = page.get("next_cursor")
             if not cursor:

@@ -121,6 +121,9 @@ def test_list_passes_filters_and_iter_follows_cursor() -> None:
     assert client.list(status="queued", agent="echo", limit=1)[0]["id"] == "t1"
     assert dict(seen[0].url.params) == {"status": "queued", "agent": "echo", "limit": "1"}
     assert [t["id"] for t in client.iter_tasks(page_size=1)] == ["t1", "t2"]
+    assert "full" not in seen[1].url.params, "summaries by default"
+    client.list(full=True)
+    assert seen[-1].url.params.get("full") == "true"
 
 
 def test_task_id_is_a_single_path_segment() -> None:

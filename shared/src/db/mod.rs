@@ -12,6 +12,7 @@ pub mod agents;
 pub mod backlog;
 pub mod control;
 pub mod json;
+pub mod prefill;
 pub mod retention;
 mod rows;
 pub mod runs;
@@ -33,12 +34,11 @@ fn options(url: &str, application_name: &str) -> Result<PgConnectOptions> {
     let opts = PgConnectOptions::from_str(url)
         .map_err(|e| Error::Config(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?;
     // The application name shows in pg_stat_activity, so operators see who holds connections.
-    // Every statement here is served by an index. A prepared statement's generic plan, chosen
-    // once while `tasks` was small, would otherwise keep a seq scan long after the table grew;
-    // re-planning every execution instead cost a quarter of the database's time.
+    // No planner settings: every statement is written so that its generic plan (which a prepared
+    // statement keeps) uses an index whatever the statistics say (one statement per list filter,
+    // `(…) is true` on batches by id); `tests/integration/plans.rs` checks the plans.
     Ok(opts
         .application_name(application_name)
-        .options([("enable_seqscan", "off")])
         .log_statements(tracing::log::LevelFilter::Trace))
 }
 

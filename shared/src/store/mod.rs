@@ -40,6 +40,9 @@ pub struct TaskFilter {
     pub before: Option<Uuid>,
     /// Page size.
     pub limit: i64,
+    /// Also read `meta` and `result`. Without it each task is a summary: `meta` is JSON null and
+    /// `result` None, and the store reads neither column (they can be 256 KiB and 1 MiB).
+    pub full: bool,
 }
 
 /// What a cancel request found.

@@ -15,6 +15,46 @@ use crate::{Error, Result};
 /// Sorts after every 16-byte id: the keyset bound of a first page.
 const AFTER_EVERY_ID: [u8; 17] = [0xff; 17];
 
+/// Columns of a task summary: `meta` and `result` left unread (they can be 256 KiB and 1 MiB).
+macro_rules! summary_columns {
+    () => {
+        "id, agent, command, null as meta, status, attempts, max_attempts, timeout_secs, \
+         idempotency_key, run_at, published_at, worker_id, lease_until, null as result, \
+         last_error, cancel_requested, created_at, started_at, finished_at, updated_at"
+    };
+}
+
+/// The statements of `list_tasks`: no filter, status, agent, agent and status.
+macro_rules! list_statements {
+    ($columns:expr) => {
+        [
+            concat!(
+                "select ",
+                $columns,
+                " from tasks where id < ? order by id desc limit ?"
+            ),
+            concat!(
+                "select ",
+                $columns,
+                " from tasks where status = ? and id < ? order by id desc limit ?"
+            ),
+            concat!(
+                "select ",
+                $columns,
+                " from tasks where agent = ? and id < ? order by id desc limit ?"
+            ),
+            concat!(
+                "select ",
+                $columns,
+                " from tasks where agent = ? and status = ? and id < ? order by id desc limit ?"
+            ),
+        ]
+    };
+}
+
+pub(super) const LIST_SUMMARY: [&str; 4] = list_statements!(summary_columns!());
+pub(super) const LIST_FULL: [&str; 4] = list_statements!(task_columns!());
+
 /// Insert a batch of tasks; those whose idempotency key is taken are skipped. `where true`
 /// keeps SQLite from reading `on` as a join constraint; `order by key` inserts in input order,
 /// so the first of two tasks with one key wins.
@@ -179,37 +219,27 @@ impl SqliteStore {
         .await?)
     }
 
-    /// Tasks newest first, one page. One statement per combination of filters, so each walks
-    /// the index that serves it (`(status, id)`, `(agent, id)` or the primary key).
+    /// Tasks newest first, one page; summaries unless `filter.full`. One statement per
+    /// combination of filters, so each walks the index that serves it: the primary key,
+    /// `(status, id)`, `(agent, id)` or `(agent, status, id)`.
     pub(super) async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let statements = if filter.full {
+            &LIST_FULL
+        } else {
+            &LIST_SUMMARY
+        };
         let sql = match (filter.status.is_some(), filter.agent.is_some()) {
-            (false, false) => concat!(
-                "select ",
-                task_columns!(),
-                " from tasks where id < ? order by id desc limit ?"
-            ),
-            (true, false) => concat!(
-                "select ",
-                task_columns!(),
-                " from tasks where status = ? and id < ? order by id desc limit ?"
-            ),
-            (false, true) => concat!(
-                "select ",
-                task_columns!(),
-                " from tasks where agent = ? and id < ? order by id desc limit ?"
-            ),
-            (true, true) => concat!(
-                "select ",
-                task_columns!(),
-                " from tasks where status = ? and agent = ? and id < ? order by id desc limit ?"
-            ),
+            (false, false) => statements[0],
+            (true, false) => statements[1],
+            (false, true) => statements[2],
+            (true, true) => statements[3],
         };
         let mut query = sqlx::query(sql);
-        if let Some(status) = filter.status {
-            query = query.bind(status.as_str());
-        }
         if let Some(agent) = &filter.agent {
             query = query.bind(agent.as_str());
+        }
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
         }
         query = match filter.before {
             Some(before) => query.bind(before),

@@ -191,6 +191,7 @@ async fn lists_filter_and_page_newest_first() {
         agent: agent.map(str::to_owned),
         before,
         limit,
+        full: false,
     };
     let list = |f: TaskFilter| async move {
         s.tasks(&f)
@@ -748,6 +749,7 @@ async fn unreadable_json_reads_back_as_text() {
         assert_eq!(
             s.tasks(&TaskFilter {
                 limit: 10,
+                full: true,
                 ..Default::default()
             })
             .await
@@ -1072,4 +1074,61 @@ async fn prune_uses_the_finished_index() {
             .any(|step| step.contains("USING INDEX tasks_finished_idx")),
         "{plan:?}"
     );
+}
+
+#[tokio::test]
+async fn every_list_filter_walks_its_index_and_summaries_leave_out_meta_and_result() {
+    let f = fresh().await;
+    let s = &f.store;
+    let task = new_task(None);
+    s.insert_tasks(std::slice::from_ref(&task)).await[0]
+        .as_ref()
+        .unwrap();
+    let listed = s
+        .tasks(&TaskFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((listed[0].id, &listed[0].meta), (task.id, &Value::Null));
+    let full = s
+        .tasks(&TaskFilter {
+            limit: 10,
+            full: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(full[0].meta, json!({"n": 1}));
+
+    // The plan SQLite chooses for each statement (no filter, status, agent, agent and status):
+    // an index that returns the page in order, never a scan of the table and no sort.
+    let expected = [
+        ("sqlite_autoindex_tasks_1", vec![]),
+        ("tasks_status_id_idx", vec!["queued"]),
+        ("tasks_agent_id_idx", vec!["echo"]),
+        ("tasks_agent_status_id_idx", vec!["echo", "queued"]),
+    ];
+    for statements in [&tasks::LIST_SUMMARY, &tasks::LIST_FULL] {
+        for (sql, (index, filters)) in statements.iter().zip(&expected) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("explain query plan {sql}")));
+            for value in filters {
+                query = query.bind(*value);
+            }
+            let plan: Vec<String> = query
+                .bind(vec![0xffu8; 17])
+                .bind(50)
+                .fetch_all(&s.readers)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect();
+            let plan = plan.join("; ");
+            assert!(plan.contains(index), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts: {plan}");
+            assert!(!plan.starts_with("SCAN tasks"), "{sql} scans: {plan}");
+        }
+    }
 }
