@@ -349,7 +349,8 @@ pub async fn stale_published_exists(db: impl PgExecutor<'_>, published_secs: f64
 /// Make up to `limit` queued, published tasks unpublished again, so the relay publishes them
 /// again: those published more than `published_secs` ago, or every one when None (the broker
 /// lost its data). Rows another transaction holds are skipped (a claim or a relay pass is on
-/// them). Returns how many changed; call again until 0.
+/// them). Returns how many changed; call again until 0. The ids go through an array: with
+/// `id in (…)` the planner may hash the batch and scan the whole table.
 pub async fn unpublish_published(
     db: impl PgExecutor<'_>,
     published_secs: Option<f64>,
@@ -357,14 +358,14 @@ pub async fn unpublish_published(
 ) -> Result<u64> {
     let done = sqlx::query(
         "update tasks set published_at = null
-         where id in (
+         where id = any(array(
              select id from tasks
              where status = 'queued' and published_at is not null
                and ($1::float8 is null
                     or (run_at <= now()
                         and published_at < now() - make_interval(secs => $1::float8)))
              limit $2
-             for update skip locked)",
+             for update skip locked))",
     )
     .bind(published_secs)
     .bind(limit)
