@@ -12,7 +12,7 @@ const CHUNK: i64 = 250_000;
 /// Insert `rows` finished tasks (90 % succeeded with a small result, 8 % failed, 2 % cancelled;
 /// agents `echo` and `agent-1` … `agent-9`), each with its attempt record, older than every task
 /// already there (UUID v7 ids 10 ms apart ending one hour ago), then vacuum and analyze both
-/// tables as autovacuum would (so it does not start in the middle of a measurement).
+/// tables as autovacuum would and checkpoint (so neither starts in the middle of a measurement).
 pub async fn finished_tasks(db: &PgPool, rows: i64) -> Result<()> {
     let mut done = 0;
     while done < rows {
@@ -57,5 +57,10 @@ pub async fn finished_tasks(db: &PgPool, rows: i64) -> Result<()> {
     sqlx::query("vacuum (analyze) tasks, task_attempts")
         .execute(db)
         .await?;
+    // The fill wrote gigabytes of WAL: flush it now, or the checkpoint it calls for lands in the
+    // middle of the measurement. Needs superuser or pg_checkpoint; without them it is skipped.
+    if let Err(e) = sqlx::query("checkpoint").execute(db).await {
+        tracing::warn!(error = %e, "no checkpoint after the fill; the measurement may include one");
+    }
     Ok(())
 }
