@@ -1,0 +1,105 @@
+//! `GET /tasks/{id}?wait_secs=N` on both engines: the answer comes once a worker finishes the
+//! task, or with its current state after N seconds; 404 and 422 at once; a client that goes away
+//! leaves no waiter behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::both_engines;
+use crate::common::{TEST_KEY, assert_error};
+use crate::neutral::metric;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const WAITERS: &str = "bgagent_api_task_waiters";
+
+both_engines! {
+    async fn wait_answers_when_final(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let _worker = env.spawn_worker(env.worker_options()).await;
+        let task = api
+            .enqueue(&json!({"agent": "sleep", "command": "nap", "meta": {"ms": 300}}))
+            .await;
+        let id = task["id"].as_str().unwrap();
+        let started = Instant::now();
+        let (status, body) = api.get(&format!("/tasks/{id}?wait_secs=10")).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "succeeded", "{body}");
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    }
+}
+
+both_engines! {
+    async fn wait_times_out_with_current_state(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let task = api.enqueue(&json!({"agent": "echo", "command": "x"})).await;
+        let id = task["id"].as_str().unwrap();
+        let started = Instant::now();
+        let (status, body) = api.get(&format!("/tasks/{id}?wait_secs=1")).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "queued", "{body}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "answered after {took:?}"
+        );
+        // Without the parameter, or with 0, the answer is immediate.
+        let started = Instant::now();
+        let (status, body) = api.get(&format!("/tasks/{id}?wait_secs=0")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(started.elapsed() < Duration::from_millis(900));
+        assert_eq!(metric(&api, WAITERS).await, 0);
+    }
+}
+
+both_engines! {
+    async fn wait_rejects_unknown_and_invalid(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let started = Instant::now();
+        let got = api
+            .get("/tasks/0190c4a0-0000-7000-8000-000000000000?wait_secs=30")
+            .await;
+        assert_error(&got, StatusCode::NOT_FOUND, "not_found");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let task = api.enqueue(&json!({"agent": "echo", "command": "x"})).await;
+        let id = task["id"].as_str().unwrap();
+        for bad in ["61", "junk", "-1", "1.5", ""] {
+            let got = api.get(&format!("/tasks/{id}?wait_secs={bad}")).await;
+            assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+            assert_eq!(got.1["error"]["field"], "wait_secs", "{bad}: {}", got.1);
+        }
+    }
+}
+
+both_engines! {
+    async fn wait_client_gone_leaves_no_waiter(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let task = api.enqueue(&json!({"agent": "echo", "command": "x"})).await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        let url = api.url(&format!("/tasks/{id}?wait_secs=30"));
+        let request = tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("x-api-key", TEST_KEY)
+                .send()
+                .await
+        });
+        wait_gauge(&api, |n| n == 1).await;
+        // Dropping the request closes its connection.
+        request.abort();
+        wait_gauge(&api, |n| n == 0).await;
+    }
+}
+
+async fn wait_gauge(api: &crate::common::TestApi, want: impl Fn(i64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = metric(api, WAITERS).await;
+        if want(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{WAITERS} stuck at {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
