@@ -103,3 +103,32 @@ async fn wait_gauge(api: &crate::common::TestApi, want: impl Fn(i64) -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+both_engines! {
+    async fn wait_cli_watch_ends_when_the_task_does(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let _worker = env.spawn_worker(env.worker_options()).await;
+        let task = api
+            .enqueue(&json!({"agent": "sleep", "command": "nap", "meta": {"ms": 300}}))
+            .await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        let base = api.base.clone();
+        let started = Instant::now();
+        // With a 10 s interval each refresh is one long wait, answered when the task is final.
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_bgagent"))
+                .args(["tasks", "watch", &id, "--interval", "10", "--json"])
+                .env("BGAGENT_URL", base)
+                .env("BACKGROUND_AGENT_API_KEY", TEST_KEY)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("\"succeeded\""), "{text}");
+        assert!(took < Duration::from_secs(6), "watch took {took:?}");
+    }
+}
