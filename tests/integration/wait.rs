@@ -69,6 +69,12 @@ both_engines! {
             assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
             assert_eq!(got.1["error"]["field"], "wait_secs", "{bad}: {}", got.1);
         }
+        // The API document states the parameter and its range.
+        let (_, doc) = api.get("/openapi.json").await;
+        let params = doc["paths"]["/tasks/{id}"]["get"]["parameters"].as_array().unwrap();
+        let wait = params.iter().find(|p| p["name"] == "wait_secs").expect("wait_secs documented");
+        assert_eq!(wait["in"], "query");
+        assert_eq!(wait["schema"]["maximum"], 60, "{wait}");
     }
 }
 
