@@ -226,3 +226,53 @@ pub async fn wait_task(
     drop(waiter);
     find_task(state, id).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unstarted() -> Waits {
+        Waits {
+            inner: Arc::new(Inner {
+                entries: Mutex::new(Registry::default()),
+                wake: Notify::new(),
+            }),
+            longest: Duration::from_secs(29),
+        }
+    }
+
+    #[test]
+    fn waiters_are_bounded_and_leave_on_drop() {
+        let waits = unstarted();
+        let id = Uuid::now_v7();
+        let held: Vec<Waiter> = (0..MAX_WAITERS)
+            .filter_map(|_| waits.register(id))
+            .collect();
+        assert_eq!(held.len(), MAX_WAITERS);
+        assert!(waits.register(Uuid::now_v7()).is_none(), "beyond the bound");
+        drop(held);
+        assert_eq!(waits.waiting(), 0);
+        assert!(waits.inner.lock().by_task.is_empty());
+        assert!(waits.register(id).is_some());
+    }
+
+    #[test]
+    fn waits_are_clamped_to_the_request_timeout() {
+        let waits = unstarted();
+        assert_eq!(
+            waits.clamp(Duration::from_secs(60)),
+            Duration::from_secs(29)
+        );
+        assert_eq!(waits.clamp(Duration::from_secs(5)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn wait_secs_range() {
+        assert_eq!(parse_wait_secs(None).ok(), Some(None));
+        assert_eq!(parse_wait_secs(Some("0")).ok(), Some(Some(0)));
+        assert_eq!(parse_wait_secs(Some("60")).ok(), Some(Some(60)));
+        for bad in ["61", "-1", "x", "", "1.5"] {
+            assert!(parse_wait_secs(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

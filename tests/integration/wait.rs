@@ -138,3 +138,20 @@ both_engines! {
         assert!(took < Duration::from_secs(6), "watch took {took:?}");
     }
 }
+
+both_engines! {
+    async fn wait_ends_before_the_request_timeout(env: TestEnv) {
+        let mut config = env.api_config();
+        config.request_timeout_secs = 2;
+        let api = env.spawn_api_with(config).await;
+        let task = api.enqueue(&json!({"agent": "echo", "command": "x"})).await;
+        let id = task["id"].as_str().unwrap();
+        let started = Instant::now();
+        // 10 s asked, 1 s served: the current state, not a 408 from the 2 s request timeout.
+        let (status, body) = api.get(&format!("/tasks/{id}?wait_secs=10")).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "queued", "{body}");
+        assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    }
+}
