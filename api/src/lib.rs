@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod wait;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -115,6 +116,10 @@ impl Api {
                 config.bind
             ))
         })?;
+        let waits = wait::Waits::start(
+            engine.store.clone(),
+            Duration::from_secs(config.request_timeout_secs.max(1)),
+        );
         Ok(Self {
             listener,
             state: AppState::new(AppContext {
@@ -125,6 +130,7 @@ impl Api {
                 api_key,
                 max_body_bytes: config.max_body_bytes,
                 egress: config.egress.policy(),
+                waits,
             }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),

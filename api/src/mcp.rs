@@ -172,6 +172,18 @@ pub struct TaskIdArgs {
     pub id: String,
 }
 
+/// Arguments of `wait_task` (`GET /tasks/{id}?wait_secs=`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitTaskArgs {
+    /// Task id (UUID), as `enqueue_task` returned it.
+    pub id: String,
+    /// Seconds to wait for the task to be final, 0-60 (default 30); the wait ends 1 s before
+    /// the server's request timeout at the latest.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
 /// Arguments of `list_tasks` (the query of `GET /tasks`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +264,25 @@ impl McpServer {
         respond(tasks::find_task(&self.state, id).await)
     }
 
+    /// Wait until a task is final (succeeded, failed or cancelled) and return it, or return its
+    /// current state after `timeout_secs`; call again while its status is queued or running.
+    #[tool(input_schema = schema::<WaitTaskArgs>(), annotations(read_only_hint = true))]
+    async fn wait_task(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let WaitTaskArgs { id, timeout_secs } = parse_args(args)?;
+        let id = parse_id(&id)?;
+        let secs = timeout_secs.unwrap_or(30);
+        if secs > crate::wait::MAX_WAIT_SECS {
+            return Err(invalid_arguments(ApiError::unprocessable(
+                "timeout_secs",
+                format!(
+                    "must be an integer from 0 to {}",
+                    crate::wait::MAX_WAIT_SECS
+                ),
+            )));
+        }
+        respond(crate::wait::wait_task(&self.state, id, std::time::Duration::from_secs(secs)).await)
+    }
+
     /// Tasks newest first, optionally filtered by status and agent; pass `next_cursor` as
     /// `cursor` for the next page. Summaries without `meta` and `result` unless `full` is true.
     #[tool(input_schema = schema::<ListTasksArgs>(), annotations(read_only_hint = true))]
@@ -309,8 +340,8 @@ impl ServerHandler for McpServer {
             )
             .with_instructions(
                 "Background Agent runs tasks for agents durably: enqueue_task returns at once \
-                 with the task's id; poll get_task until its status is succeeded, failed or \
-                 cancelled, then read result or last_error.",
+                 with the task's id; call wait_task (or get_task) until its status is succeeded, \
+                 failed or cancelled, then read result or last_error.",
             )
     }
 }
@@ -333,7 +364,11 @@ fn parse_args<T: DeserializeOwned>(args: JsonObject) -> Result<T, ErrorData> {
 
 fn task_id(args: JsonObject) -> Result<uuid::Uuid, ErrorData> {
     let TaskIdArgs { id } = parse_args(args)?;
-    parse_task_id(&id).map_err(|_| {
+    parse_id(&id)
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid, ErrorData> {
+    parse_task_id(id).map_err(|_| {
         invalid_arguments(ApiError::unprocessable(
             "id",
             format!("{id:?} is not a task id (UUID)"),

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub(crate) fleet_paused: IntGauge,
     /// Live workers, sampled at scrape time.
     pub(crate) workers_live: IntGauge,
+    /// Requests of this process waiting for a task to be final, sampled at scrape time.
+    pub(crate) task_waiters: IntGauge,
     /// Tasks by state (`due`, `delayed`, `running`), from the store at most every few seconds.
     pub(crate) backlog_tasks: IntGaugeVec,
     /// Age of the oldest due task (no labels; a vector so a failed refresh can omit it).
@@ -74,6 +76,11 @@ impl Metrics {
             &["queue"],
         )?;
         let fleet_paused = IntGauge::new("bgagent_fleet_paused", "1 while the fleet is paused")?;
+        let task_waiters = IntGauge::new(
+            "bgagent_api_task_waiters",
+            "Requests of this API process waiting for a task to be final (GET /tasks/{id}?wait_secs=)",
+        )?;
+        registry.register(Box::new(task_waiters.clone()))?;
         let workers_live = IntGauge::new(
             "bgagent_workers_live",
             "Workers that sent a heartbeat in the last 30 seconds",
@@ -117,6 +124,7 @@ impl Metrics {
             queue_messages,
             fleet_paused,
             workers_live,
+            task_waiters,
             backlog_tasks,
             oldest_due_age,
             backlog_refreshed: Arc::default(),

@@ -30,6 +30,8 @@ pub struct AppContext {
     pub max_body_bytes: usize,
     /// Which agent endpoints may be registered.
     pub egress: bgagent_shared::egress::EgressPolicy,
+    /// Requests waiting for a task to be final (`GET /tasks/{id}?wait_secs=`).
+    pub waits: crate::wait::Waits,
 }
 
 impl AppState {

@@ -205,8 +205,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Longest pause between polls of [`Client::wait`] (default 1 s; polling starts at 50 ms
-    /// and doubles up to this).
+    /// Longest pause between polls of [`Client::wait`] when the server answers a wait early
+    /// (a server without `wait_secs`; default 1 s; pauses start at 50 ms and double up to this).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
@@ -258,6 +258,7 @@ impl ClientBuilder {
             }),
             retry: self.retry,
             poll_interval: self.poll_interval.max(Duration::from_millis(10)),
+            timeout: self.timeout,
         })
     }
 }
@@ -270,6 +271,8 @@ pub struct Client {
     api_key: Option<reqwest::header::HeaderValue>,
     retry: RetryPolicy,
     poll_interval: Duration,
+    /// The per-request time limit, which bounds each long wait of [`Client::wait`].
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -325,6 +328,20 @@ impl Client {
             Method::GET,
             &format!("/tasks/{id}"),
             &[],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /tasks/{id}?wait_secs=N`: the task as soon as it is final, or its current state
+    /// after `wait_secs` (0-60; the server ends a wait before its request timeout, and this
+    /// client's own time limit must exceed the wait).
+    pub async fn get_task_wait(&self, id: Uuid, wait_secs: u64) -> Result<Task> {
+        self.call(
+            Retry::Idempotent,
+            Method::GET,
+            &format!("/tasks/{id}"),
+            &[("wait_secs", wait_secs.to_string())],
             None::<&()>,
         )
         .await
@@ -463,10 +480,15 @@ impl Client {
             .map(drop)
     }
 
-    /// Poll a task until it is succeeded, failed or cancelled, and return it; fails with
-    /// [`Error::WaitTimeout`] when `timeout` passes first. Polls start 50 ms apart and slow down
-    /// to the builder's `poll_interval`.
+    /// Wait until a task is succeeded, failed or cancelled, and return it; fails with
+    /// [`Error::WaitTimeout`] when `timeout` passes first. Each call is a long wait
+    /// (`GET /tasks/{id}?wait_secs=N`, at most 20 s and within the request time limit) that the
+    /// server answers as soon as the task is final, so nothing polls. Should a server answer a
+    /// wait early without the task being final, the next call comes after a pause that starts
+    /// at 50 ms and doubles up to the builder's `poll_interval`.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<Task> {
+        /// Longest single wait: well inside the server's default 30 s request timeout.
+        const LONGEST: u64 = 20;
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(50).min(self.poll_interval);
         let mut last_status = None;
@@ -475,9 +497,20 @@ impl Client {
             timeout,
             last_status,
         };
+        // Leave the answer 2 s to arrive within the request time limit.
+        let per_call = self
+            .timeout
+            .saturating_sub(Duration::from_secs(2))
+            .as_secs()
+            .min(LONGEST);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let task = match tokio::time::timeout(remaining, self.get_task(id)).await {
+            // Whole seconds that end before the deadline, so the answer carries the latest
+            // status; the last fraction of a second is paced like an early answer.
+            let wait_secs = remaining.as_secs().min(per_call);
+            let asked = Instant::now();
+            let call = self.get_task_wait(id, wait_secs);
+            let task = match tokio::time::timeout(remaining, call).await {
                 Ok(task) => task?,
                 Err(_) => return Err(timed_out(last_status)),
             };
@@ -489,8 +522,11 @@ impl Client {
             if remaining.is_zero() {
                 return Err(timed_out(last_status));
             }
-            tokio::time::sleep(pause.min(remaining)).await;
-            pause = (pause * 2).min(self.poll_interval);
+            // A full wait needs no pause; an early answer (an older server) is paced.
+            if asked.elapsed() < Duration::from_secs(wait_secs) / 2 || wait_secs == 0 {
+                tokio::time::sleep(pause.min(remaining)).await;
+                pause = (pause * 2).min(self.poll_interval);
+            }
         }
     }
 

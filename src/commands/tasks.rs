@@ -160,14 +160,30 @@ async fn run_watch(client: &Client, args: WatchArgs, json: bool) -> anyhow::Resu
         // The table shows neither meta nor result.
         full: false,
     };
+    // Watching one task, each refresh after the first is a long wait of the interval
+    // (`wait_secs`, whole seconds up to 20): the frame comes at the interval, or as soon as the
+    // task is final, without polling in between. Shorter intervals poll.
+    let long_wait = interval.as_secs().min(20);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut last = String::new();
+    let mut first = true;
     loop {
-        let frame = match args.id {
-            Some(id) => Frame::One(Box::new(client.get_task(id).await?)),
-            None => Frame::Many(client.list_tasks(&query).await?.tasks),
+        let waited = args.id.is_some() && long_wait > 0 && !first;
+        let fetch = async {
+            anyhow::Ok(match args.id {
+                Some(id) if waited => {
+                    Frame::One(Box::new(client.get_task_wait(id, long_wait).await?))
+                }
+                Some(id) => Frame::One(Box::new(client.get_task(id).await?)),
+                None => Frame::Many(client.list_tasks(&query).await?.tasks),
+            })
         };
+        let frame = tokio::select! {
+            frame = fetch => frame?,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        first = false;
         let data = match &frame {
             Frame::One(task) => serde_json::to_string(task)?,
             Frame::Many(tasks) => serde_json::to_string(&serde_json::json!({ "tasks": tasks }))?,
@@ -222,6 +238,9 @@ async fn run_watch(client: &Client, args: WatchArgs, json: bool) -> anyhow::Resu
             } else {
                 print_finished(task, false)
             };
+        }
+        if args.id.is_some() && long_wait > 0 {
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

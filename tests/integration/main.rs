@@ -26,4 +26,5 @@ mod plans;
 mod recovery;
 mod retention;
 mod stalls;
+mod wait;
 mod worker;

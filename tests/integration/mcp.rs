@@ -108,7 +108,8 @@ both_engines! {
                 "enqueue_task",
                 "get_task",
                 "list_agents",
-                "list_tasks"
+                "list_tasks",
+                "wait_task"
             ]
         );
         let fields = |name: &str| -> (Vec<String>, Vec<String>) {
@@ -445,5 +446,46 @@ both_engines! {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+    }
+}
+
+both_engines! {
+    async fn mcp_wait_task_answers_when_final(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let client = connect(&api, Some(TEST_KEY)).await.unwrap();
+        let _worker = env.spawn_worker(env.worker_options()).await;
+        let task = ok(
+            &client,
+            "enqueue_task",
+            json!({"agent": "sleep", "command": "nap", "meta": {"ms": 300}}),
+        )
+        .await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        let started = std::time::Instant::now();
+        let done = ok(&client, "wait_task", json!({"id": id, "timeout_secs": 10})).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+        // A task no worker takes: its current state after the timeout.
+        let later = ok(
+            &client,
+            "enqueue_task",
+            json!({"agent": "echo", "command": "x", "delay_secs": 3600}),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let got = ok(&client, "wait_task", json!({"id": later["id"], "timeout_secs": 1})).await;
+        assert_eq!(got["status"], "queued", "{got}");
+        assert!(started.elapsed() >= Duration::from_millis(900));
+
+        for args in [json!({"id": id, "timeout_secs": 61}), json!({"id": id, "timeout_secs": -1})] {
+            let err = invalid(&client, "wait_task", args.clone()).await;
+            let data = err.data.clone().unwrap_or(Value::Null);
+            assert_eq!(data["field"], "timeout_secs", "{args}: {err:?}");
+        }
+        let unknown = uuid::Uuid::now_v7().to_string();
+        let body = tool_error(&client, "wait_task", json!({"id": unknown, "timeout_secs": 30})).await;
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+        client.cancel().await.expect("close the client");
     }
 }

@@ -110,6 +110,10 @@ async fn refresh_backlog(state: &AppState) {
 /// and the backlog when its last count is old enough) at scrape time, each with a short timeout
 /// so a dead dependency does not stall the scrape.
 async fn sample_system_gauges(state: &AppState) {
+    state
+        .metrics
+        .task_waiters
+        .set(i64::try_from(state.waits.waiting()).unwrap_or(i64::MAX));
     let timeout = Duration::from_secs(1);
     let (depths, paused, live, ()) = tokio::join!(
         tokio::time::timeout(timeout, state.queue.depths()),

@@ -162,19 +162,37 @@ fn page_cursor<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> 
     }
 }
 
-/// One task with its status, attempts, result and timestamps.
+/// Query of `GET /tasks/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetTaskQuery {
+    /// Wait up to this many seconds (0-60) for the task to be final (succeeded, failed,
+    /// cancelled): the answer comes as soon as it is, or with its current state when the time is
+    /// up. The wait ends 1 s before the server's request timeout at the latest.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 60)]
+    pub wait_secs: Option<String>,
+}
+
+/// One task with its status, attempts, result and timestamps; with `wait_secs`, once it is final.
 #[utoipa::path(get, path = "/tasks/{id}", tag = "tasks",
-    params(("id" = Uuid, Path, description = "Task id")),
+    params(("id" = Uuid, Path, description = "Task id"), GetTaskQuery),
     responses((status = 200, description = "The task", body = Task),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody)),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 422, description = "Invalid wait_secs", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn get_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<GetTaskQuery>,
 ) -> ApiResult<Json<Task>> {
     let id = parse_task_id(&id)?;
-    find_task(&state, id).await.map(Json)
+    match crate::wait::parse_wait_secs(query.wait_secs.as_deref())? {
+        Some(secs) => crate::wait::wait_task(&state, id, std::time::Duration::from_secs(secs))
+            .await
+            .map(Json),
+        None => find_task(&state, id).await.map(Json),
+    }
 }
 
 /// One task, or 404 (`GET /tasks/{id}` and the MCP `get_task` tool).

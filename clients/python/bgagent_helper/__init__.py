@@ -38,6 +38,9 @@ __version__ = "0.1.0"
 
 #: Statuses after which a task never changes again.
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# Longest single ``wait_secs`` of :meth:`Client.wait`: inside the API's default 30 s request
+# timeout (the API also ends a wait 1 s before its own request timeout).
+MAX_WAIT_PER_CALL = 20
 
 #: Base URL used when neither ``base_url`` nor ``BGAGENT_URL`` is given.
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -204,6 +207,7 @@ class Client:
         idempotent: bool,
         auth: bool = True,
         url: Optional[str] = None,
+        timeout: Optional[float] = None,
     ) -> httpx.Response:
         """Send one call with retries; return the 2xx response or raise BgAgentError."""
         hdrs: Dict[str, str] = dict(headers or {})
@@ -215,7 +219,12 @@ class Client:
         while True:
             try:
                 response = self._http.request(
-                    method, target, json=json, params=clean_params or None, headers=hdrs
+                    method,
+                    target,
+                    json=json,
+                    params=clean_params or None,
+                    headers=hdrs,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing was sent: safe to retry any call.
@@ -403,7 +412,13 @@ class Client:
     def wait(
         self, task_id: TaskId, timeout: float = 60.0, poll_interval: float = 0.5
     ) -> Task:
-        """Poll until the task is ``succeeded``, ``failed`` or ``cancelled``; return it.
+        """Wait until the task is ``succeeded``, ``failed`` or ``cancelled``; return it.
+
+        Each call is a long wait (``GET /tasks/{id}?wait_secs=N``, N at most 20 and within the
+        time left) that the server answers as soon as the task is final, so nothing polls; the
+        request's time limit is N plus the client's ``timeout``. Should the server answer early
+        with the task unfinished (the last fraction of a second, or a server without
+        ``wait_secs``), the next call comes after ``poll_interval`` seconds.
 
         Raises :class:`WaitTimeout` (a :class:`TimeoutError`) if it has not finished within
         ``timeout`` seconds. A failed or cancelled task is returned, not raised: check
@@ -411,13 +426,23 @@ class Client:
         """
         deadline = time.monotonic() + timeout
         while True:
-            task = self.get(task_id)
+            # Whole seconds that end before the deadline, so the answer carries the latest state.
+            wait_secs = max(0, min(int(deadline - time.monotonic()), MAX_WAIT_PER_CALL))
+            asked = time.monotonic()
+            task = self._call(
+                "GET",
+                self._task_path(task_id),
+                params={"wait_secs": wait_secs},
+                idempotent=True,
+                timeout=wait_secs + self.timeout,
+            )
             if task.get("status") in TERMINAL_STATUSES:
                 return task
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(str(task_id), task, timeout)
-            time.sleep(min(poll_interval, remaining))
+            if wait_secs == 0 or time.monotonic() - asked < wait_secs / 2:
+                time.sleep(min(poll_interval, remaining))
 
     # -- operations --------------------------------------------------------------------------
 

@@ -312,6 +312,18 @@ def test_wait_polls_until_terminal() -> None:
     assert len(seen) == 3
 
 
+def test_wait_asks_the_server_to_wait() -> None:
+    client, seen = make_client(lambda r: httpx.Response(200, json=task("succeeded")), timeout=3)
+    client.wait(TASK_ID, timeout=45.5)
+    (req,) = seen
+    assert req.url.path == f"/tasks/{TASK_ID}"
+    # At most 20 s a call, within the time left; the request's own limit covers the wait.
+    assert req.url.params["wait_secs"] == "20"
+    assert req.extensions["timeout"]["read"] == 23
+    client.wait(TASK_ID, timeout=4.9)
+    assert seen[1].url.params["wait_secs"] == "4"
+
+
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
 def test_wait_returns_failed_and_cancelled(status: str) -> None:
     client, _ = make_client(lambda r: httpx.Response(200, json=task(status)))

@@ -164,6 +164,17 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>> {
     Ok(row.map(Task::from))
 }
 
+/// Which of `ids` are final now; the primary key serves `id = any($1)`.
+pub async fn final_among(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "select id from tasks
+         where id = any($1) and status in ('succeeded', 'failed', 'cancelled')",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?)
+}
+
 /// Columns of a task summary: [`task_columns!`] with `meta` and `result` left unread.
 macro_rules! summary_columns {
     () => {

@@ -242,6 +242,9 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn task(&self, id: Uuid) -> Result<Option<Task>>;
     /// Tasks newest first, one page.
     async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
+    /// Which of `ids` are final now (succeeded, failed, cancelled), in one query on the primary
+    /// key (`GET /tasks/{id}?wait_secs=`).
+    async fn final_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>>;
     /// Cancel a task: at once when queued, by request when running.
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome>;
     /// Attempt records newest first, one page.

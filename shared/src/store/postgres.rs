@@ -109,6 +109,10 @@ impl TaskStore for PgStore {
         db::tasks::list(&self.pool, filter).await
     }
 
+    async fn final_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        db::tasks::final_among(&self.pool, ids).await
+    }
+
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome> {
         db::tasks::cancel(&self.pool, id).await
     }

@@ -317,6 +317,10 @@ impl TaskStore for SqliteStore {
         self.list_tasks(filter).await
     }
 
+    async fn final_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        self.final_task_ids(ids).await
+    }
+
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome> {
         self.cancel_task(id).await
     }

@@ -219,6 +219,21 @@ impl SqliteStore {
         .await?)
     }
 
+    /// Which of `ids` are final now, looked up on the primary key.
+    pub(super) async fn final_task_ids(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "select id from tasks
+             where id in (select unhex(value) from json_each(?1))
+               and status in ('succeeded', 'failed', 'cancelled')",
+        )
+        .bind(rows::id_batch(ids))
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
     /// Tasks newest first, one page; summaries unless `filter.full`. One statement per
     /// combination of filters, so each walks the index that serves it: the primary key,
     /// `(status, id)`, `(agent, id)` or `(agent, status, id)`.
