@@ -19,6 +19,7 @@ use crate::routes::{agents, control, health, tasks, workers};
     info(title = "Background Agent API", description = "Durable task queue for AI agents and services."),
     paths(
         tasks::enqueue, tasks::list_tasks, tasks::get_task, tasks::cancel_task, tasks::list_processed,
+        crate::routes::retry::retry_task, crate::routes::retry::retry_all,
         agents::register, agents::unregister, agents::list_agents,
         control::stop, control::start, workers::list_workers,
         health::health, health::ready, crate::routes::metrics::serve, openapi_json,
@@ -204,8 +205,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(protected, 12, "protected operations");
-        for path in ["/tasks/{id}", "/tasks/{id}/cancel"] {
+        assert_eq!(protected, 14, "protected operations");
+        for path in ["/tasks/{id}", "/tasks/{id}/cancel", "/tasks/{id}/retry"] {
             let op = operations
                 .iter()
                 .find(|(p, _, _)| p == path)

@@ -25,5 +25,6 @@ mod neutral;
 mod plans;
 mod recovery;
 mod retention;
+mod retry;
 mod stalls;
 mod worker;
