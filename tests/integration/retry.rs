@@ -209,3 +209,29 @@ both_engines! {
         env.wait_all_terminal(WAIT).await;
     }
 }
+
+both_engines! {
+    async fn two_retries_at_once_requeue_the_task_once(env: TestEnv) {
+        let api = env.spawn_api().await;
+        let worker = env.spawn_worker(env.worker_options()).await;
+        let task = api
+            .enqueue(&json!({"agent": "fail", "command": "x", "meta": {"retryable": false}}))
+            .await;
+        let id = id_of(&task);
+        env.wait_task(id, WAIT, |t| t.status == TaskStatus::Failed).await;
+        // No worker: the retried task stays queued, so the loser sees it queued.
+        worker.stop().await;
+
+        let path = format!("/tasks/{id}/retry");
+        let body = json!({});
+        let (a, b) = tokio::join!(api.post(&path, &body), api.post(&path, &body));
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{} {}", a.1, b.1);
+        let queued = env.store.task(id).await.unwrap().unwrap();
+        assert_eq!(
+            (queued.status, queued.attempts, queued.max_attempts),
+            (TaskStatus::Queued, 1, 6)
+        );
+    }
+}
