@@ -235,3 +235,79 @@ both_engines! {
         );
     }
 }
+
+/// Plan nodes as (node type, relation, index).
+fn plan_nodes(plan: &Value, out: &mut Vec<(String, String, String)>) {
+    let text = |key: &str| plan[key].as_str().unwrap_or_default().to_owned();
+    if plan.get("Node Type").is_some() {
+        out.push((text("Node Type"), text("Relation Name"), text("Index Name")));
+    }
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}
+
+/// The redrive statement's generic plan (the one a prepared statement keeps) reads the batch
+/// through `tasks_finished_idx` and updates it through the primary key, never scanning the
+/// table, with or without an agent filter, among 100,000 finished tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redrive_batch_uses_indexes_on_postgres() {
+    let env = TestEnv::new().await;
+    bgagent_shared::db::prefill::finished_tasks(env.db(), 100_000)
+        .await
+        .unwrap();
+    let mut conn = env.db().acquire().await.unwrap();
+    sqlx::query("set plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "prepare redrive as {}",
+        bgagent_shared::db::retry::RETRY_BATCH
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    for args in [
+        "'failed', null, null, 1000",
+        "'failed', 'agent-3', null, 1000",
+        "'cancelled', null, '2026-01-01T00:00:00Z', 1000",
+    ] {
+        let explain = format!("explain (format json) execute redrive({args})");
+        let sqlx::types::Json(plan): sqlx::types::Json<Value> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        let mut found = Vec::new();
+        plan_nodes(&plan[0]["Plan"], &mut found);
+        assert!(
+            !found.iter().any(|(node, _, _)| node.contains("Seq Scan")),
+            "{args}: {found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(_, _, index)| index == "tasks_finished_idx"),
+            "{args}: {found:?}"
+        );
+    }
+    sqlx::Connection::close(conn.detach()).await.unwrap();
+
+    // And it does what it plans: every failed task of agent-3, in batches.
+    let filter = bgagent_shared::store::RetryFilter {
+        status: TaskStatus::Failed,
+        agent: Some("agent-3".into()),
+        finished_after: None,
+    };
+    let mut retried = 0;
+    loop {
+        let done = env.store.retry_batch(&filter, 1000).await.unwrap();
+        retried += done;
+        if done < 1000 {
+            break;
+        }
+    }
+    assert!(retried > 0);
+    assert_eq!(env.store.retry_batch(&filter, 1000).await.unwrap(), 0);
+}
