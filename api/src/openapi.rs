@@ -256,6 +256,19 @@ mod tests {
         assert_eq!(enqueue["meta"]["type"], json!(["object", "null"]));
         assert_eq!(schemas["EnqueueRequest"]["additionalProperties"], false);
 
+        let retry_all = &schemas["RetryAllRequest"];
+        assert_eq!(retry_all["properties"]["limit"]["minimum"], 1);
+        assert_eq!(
+            retry_all["properties"]["limit"]["maximum"],
+            bgagent_types::retry::RETRY_ALL_MAX_LIMIT
+        );
+        assert_eq!(
+            retry_all["properties"]["finished_after"]["format"],
+            "date-time"
+        );
+        assert_eq!(retry_all["additionalProperties"], false);
+        assert!(schemas["RetryAllResult"].is_object());
+
         let register = &schemas["RegisterRequest"]["properties"];
         assert_eq!(register["name"]["pattern"], enqueue["agent"]["pattern"]);
         assert_eq!(register["endpoint"]["format"], "uri");
