@@ -168,6 +168,7 @@ impl Api {
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let protected = Router::new()
         .merge(routes::tasks::router())
+        .merge(routes::retry::router())
         .merge(routes::agents::router())
         .merge(routes::control::router())
         .merge(routes::workers::router())

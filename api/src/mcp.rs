@@ -164,7 +164,7 @@ pub struct EnqueueTaskArgs {
     pub delay_secs: Option<i64>,
 }
 
-/// Arguments of `get_task` and `cancel_task`.
+/// Arguments of `get_task`, `cancel_task` and `retry_task`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskIdArgs {
@@ -314,6 +314,14 @@ impl McpServer {
                 .await
                 .map(|(_status, task)| task),
         )
+    }
+
+    /// Queue a failed or cancelled task again under its id, with a fresh attempt budget (its
+    /// attempt numbers keep counting). A queued, running or succeeded task is refused.
+    #[tool(input_schema = schema::<TaskIdArgs>(), annotations(destructive_hint = false, idempotent_hint = false))]
+    async fn retry_task(&self, args: JsonObject) -> Result<CallToolResult, ErrorData> {
+        let id = task_id(args)?;
+        respond(crate::routes::retry::retry(&self.state, id).await)
     }
 
     /// Registered agents (name, endpoint, meta) that tasks can be routed to.

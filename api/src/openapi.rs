@@ -19,6 +19,7 @@ use crate::routes::{agents, control, health, tasks, workers};
     info(title = "Background Agent API", description = "Durable task queue for AI agents and services."),
     paths(
         tasks::enqueue, tasks::list_tasks, tasks::get_task, tasks::cancel_task, tasks::list_processed,
+        crate::routes::retry::retry_task, crate::routes::retry::retry_all,
         agents::register, agents::unregister, agents::list_agents,
         control::stop, control::start, workers::list_workers,
         health::health, health::ready, crate::routes::metrics::serve, openapi_json,
@@ -204,8 +205,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(protected, 12, "protected operations");
-        for path in ["/tasks/{id}", "/tasks/{id}/cancel"] {
+        assert_eq!(protected, 14, "protected operations");
+        for path in ["/tasks/{id}", "/tasks/{id}/cancel", "/tasks/{id}/retry"] {
             let op = operations
                 .iter()
                 .find(|(p, _, _)| p == path)
@@ -254,6 +255,19 @@ mod tests {
         assert_eq!(range("delay_secs"), (Some(0.0), Some(max_delay)));
         assert_eq!(enqueue["meta"]["type"], json!(["object", "null"]));
         assert_eq!(schemas["EnqueueRequest"]["additionalProperties"], false);
+
+        let retry_all = &schemas["RetryAllRequest"];
+        assert_eq!(retry_all["properties"]["limit"]["minimum"], 1);
+        assert_eq!(
+            retry_all["properties"]["limit"]["maximum"],
+            bgagent_types::retry::RETRY_ALL_MAX_LIMIT
+        );
+        assert_eq!(
+            retry_all["properties"]["finished_after"]["format"],
+            "date-time"
+        );
+        assert_eq!(retry_all["additionalProperties"], false);
+        assert!(schemas["RetryAllResult"].is_object());
 
         let register = &schemas["RegisterRequest"]["properties"];
         assert_eq!(register["name"]["pattern"], enqueue["agent"]["pattern"]);

@@ -67,8 +67,8 @@ mod error;
 mod types;
 
 pub use bgagent_types::{
-    Agent, Attempt, AttemptPage, EnqueueRequest, Health, PausedState, Task, TaskPage, TaskStatus,
-    Unregistered, WorkerInfo,
+    Agent, Attempt, AttemptPage, EnqueueRequest, Health, PausedState, RetryAllRequest,
+    RetryAllResult, Task, TaskPage, TaskStatus, Unregistered, WorkerInfo,
 };
 pub use error::{Error, Result};
 pub use types::{Cancellation, Enqueued, PageQuery, TaskQuery};
@@ -375,6 +375,32 @@ impl Client {
         let pending = response.status() == StatusCode::ACCEPTED;
         let task = decode(response).await?;
         Ok(Cancellation { task, pending })
+    }
+
+    /// `POST /tasks/{id}/retry`: queue a failed or cancelled task again under its id, with a
+    /// fresh attempt budget. A queued, running or succeeded task answers 409 (`conflict`).
+    pub async fn retry(&self, id: Uuid) -> Result<Task> {
+        self.call(
+            Retry::ConnectOnly,
+            Method::POST,
+            &format!("/tasks/{id}/retry"),
+            &[],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /tasks/retry`: queue again the failed (or cancelled) tasks that match `filter`;
+    /// `more` says the limit was reached (call again).
+    pub async fn retry_all(&self, filter: &RetryAllRequest) -> Result<RetryAllResult> {
+        self.call(
+            Retry::ConnectOnly,
+            Method::POST,
+            "/tasks/retry",
+            &[],
+            Some(filter),
+        )
+        .await
     }
 
     /// `GET /processed`: attempt records, newest first.

@@ -1,7 +1,7 @@
-//! `bgagent tasks list|get|cancel|watch`.
+//! `bgagent tasks list|get|cancel|retry|watch`.
 
-use bgagent_client::{Client, Task, TaskQuery, TaskStatus};
-use chrono::Utc;
+use bgagent_client::{Client, RetryAllRequest, Task, TaskQuery, TaskStatus};
+use chrono::{DateTime, Utc};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 use uuid::Uuid;
@@ -31,6 +31,9 @@ enum TasksCommand {
         /// Task id.
         id: Uuid,
     },
+    /// Queue a failed or cancelled task again under its id, with a fresh attempt budget; or,
+    /// with --all, every task that matches the filters (up to --limit).
+    Retry(RetryArgs),
     /// Refresh live: a table of recent tasks, or one task until it finishes (Ctrl-C stops).
     Watch(WatchArgs),
 }
@@ -60,6 +63,28 @@ struct ListArgs {
     /// it the API answers summaries; `tasks get` shows one task in full.
     #[arg(long)]
     full: bool,
+}
+
+#[derive(clap::Args)]
+struct RetryArgs {
+    /// Task id.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<Uuid>,
+    /// Retry every task that matches the filters instead of one.
+    #[arg(long)]
+    all: bool,
+    /// With --all: only tasks of this agent.
+    #[arg(long, requires = "all")]
+    agent: Option<String>,
+    /// With --all: failed (the default) or cancelled tasks.
+    #[arg(long, requires = "all", value_parser = parse_status)]
+    status: Option<TaskStatus>,
+    /// With --all: only tasks that finished after this time (RFC 3339).
+    #[arg(long, requires = "all", value_name = "TIME")]
+    finished_after: Option<DateTime<Utc>>,
+    /// With --all: most tasks to retry (1-100000; the API's default is 10000).
+    #[arg(long, requires = "all", value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    limit: Option<i64>,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +162,7 @@ pub async fn run(args: TasksArgs, opts: &ClientOptions) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        TasksCommand::Retry(retry) => run_retry(&client, retry, opts.json).await,
         TasksCommand::Watch(watch) => run_watch(&client, watch, opts.json).await,
     }
 }
@@ -247,6 +273,36 @@ async fn run_watch(client: &Client, args: WatchArgs, json: bool) -> anyhow::Resu
             _ = &mut ctrl_c => return Ok(()),
         }
     }
+}
+
+async fn run_retry(client: &Client, args: RetryArgs, json: bool) -> anyhow::Result<()> {
+    if let Some(id) = args.id {
+        let task = client.retry(id).await?;
+        if json {
+            return output::print_json(&task);
+        }
+        println!(
+            "retried task {id}: queued, attempt {} of {} next (bgagent tasks watch {id})",
+            task.attempts + 1,
+            task.max_attempts
+        );
+        return Ok(());
+    }
+    let filter = RetryAllRequest {
+        status: args.status,
+        agent: args.agent,
+        finished_after: args.finished_after,
+        limit: args.limit,
+    };
+    let done = client.retry_all(&filter).await?;
+    if json {
+        return output::print_json(&done);
+    }
+    println!("retried {} tasks", done.retried);
+    if done.more {
+        eprintln!("more may match: run the command again");
+    }
+    Ok(())
 }
 
 /// Exit 8 for a failed or cancelled task, without printing it again.

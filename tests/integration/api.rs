@@ -460,6 +460,8 @@ both_engines! {
             ("/tasks", "get"),
             ("/tasks/{id}", "get"),
             ("/tasks/{id}/cancel", "post"),
+            ("/tasks/{id}/retry", "post"),
+            ("/tasks/retry", "post"),
             ("/processed", "get"),
             ("/stop", "post"),
             ("/start", "post"),
@@ -497,7 +499,7 @@ both_engines! {
         }
         assert_eq!(
             doc["paths"].as_object().unwrap().len(),
-            15,
+            17,
             "every route, and only those"
         );
         assert!(doc["components"]["schemas"]["Task"].is_object());

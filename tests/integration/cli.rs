@@ -642,6 +642,30 @@ both_engines! {
         assert_exit(&out, 8);
         let line: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
         assert_eq!(line["status"], "cancelled");
+
+        // tasks retry <id>: the failed task is queued again and fails again (attempt 2); a
+        // queued or succeeded task is a conflict (exit 6); --all retries by filter.
+        let retried = json_of(&bgagent(&api, &["tasks", "retry", &failed_id, "--json"]).await);
+        assert_eq!(retried["id"], failed_id.as_str());
+        assert_eq!(retried["max_attempts"], retried["attempts"].as_i64().unwrap() + 5);
+        let failed_uuid: Uuid = failed_id.parse().unwrap();
+        env.wait_task(failed_uuid, Duration::from_secs(20), |t| {
+            t.status == TaskStatus::Failed && t.attempts == 2
+        })
+        .await;
+        assert_exit(&bgagent(&api, &["tasks", "retry", &done_id]).await, 6);
+        let all = json_of(
+            &bgagent(&api, &["tasks", "retry", "--all", "--agent", "fail", "--json"]).await,
+        );
+        assert_eq!(all, json!({"retried": 1, "more": false}));
+        let out = bgagent(&api, &["tasks", "retry", "--all", "--status", "cancelled"]).await;
+        assert_exit(&out, 0);
+        assert!(stdout(&out).contains("retried 1 tasks"), "{}", stdout(&out));
+        let delayed_uuid: Uuid = delayed_id.parse().unwrap();
+        env.wait_task(delayed_uuid, Duration::from_secs(20), |t| {
+            t.status == TaskStatus::Succeeded
+        })
+        .await;
         worker.stop().await;
     }
 }

@@ -25,6 +25,7 @@ mod neutral;
 mod plans;
 mod recovery;
 mod retention;
+mod retry;
 mod stalls;
 mod wait;
 mod worker;

@@ -109,6 +109,7 @@ both_engines! {
                 "get_task",
                 "list_agents",
                 "list_tasks",
+                "retry_task",
                 "wait_task"
             ]
         );
@@ -152,6 +153,10 @@ both_engines! {
         assert_eq!(fields("get_task"), (vec!["id".into()], vec!["id".into()]));
         assert_eq!(
             fields("cancel_task"),
+            (vec!["id".into()], vec!["id".into()])
+        );
+        assert_eq!(
+            fields("retry_task"),
             (vec!["id".into()], vec!["id".into()])
         );
         assert_eq!(
@@ -233,6 +238,12 @@ both_engines! {
         assert_eq!(cancelled["id"], later["id"]);
         assert_eq!(cancelled["status"], "cancelled");
         let conflict = tool_error(&client, "cancel_task", json!({"id": later["id"]})).await;
+        assert_eq!(conflict["error"]["code"], "conflict", "{conflict}");
+        // retry_task queues the cancelled task again; a queued task is a conflict.
+        let retried = ok(&client, "retry_task", json!({"id": later["id"]})).await;
+        assert_eq!(retried["id"], later["id"]);
+        assert_eq!(retried["status"], "queued");
+        let conflict = tool_error(&client, "retry_task", json!({"id": later["id"]})).await;
         assert_eq!(conflict["error"]["code"], "conflict", "{conflict}");
 
         // list_tasks: newest first, filters and pages like GET /tasks.
@@ -341,6 +352,7 @@ both_engines! {
             ("get_task", json!({}), "id"),
             ("get_task", json!({"id": "not-a-uuid"}), "id"),
             ("cancel_task", json!({"id": 42}), "id"),
+            ("retry_task", json!({"id": "not-a-uuid"}), "id"),
             ("list_tasks", json!({"status": "sleeping"}), "status"),
             ("list_tasks", json!({"limit": 0}), "limit"),
             ("list_tasks", json!({"agent": "UPPER"}), "agent"),
@@ -358,7 +370,7 @@ both_engines! {
 
         // Unknown ids: a tool error with the REST not_found body.
         let unknown = uuid::Uuid::now_v7().to_string();
-        for tool in ["get_task", "cancel_task"] {
+        for tool in ["get_task", "cancel_task", "retry_task"] {
             let body = tool_error(&client, tool, json!({"id": unknown})).await;
             assert_eq!(body["error"]["code"], "not_found", "{tool}: {body}");
             assert_eq!(body["error"]["message"], format!("no task {unknown}"));

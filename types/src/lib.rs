@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod error;
 pub mod fleet;
 pub mod limits;
+pub mod retry;
 pub mod status;
 pub mod task;
 
@@ -19,5 +20,6 @@ pub use agent::{Agent, AgentList, RegisterRequest, UnregisterRequest, Unregister
 pub use error::{ErrorBody, ErrorDetail};
 pub use fleet::{Health, PausedState, WorkerInfo, WorkerList};
 pub use limits::*;
+pub use retry::{RetryAllRequest, RetryAllResult};
 pub use status::{ParseStatusError, TaskStatus};
 pub use task::{Attempt, AttemptPage, EnqueueRequest, Task, TaskPage};

@@ -28,7 +28,8 @@ pub struct Task {
     pub status: TaskStatus,
     /// Attempts started so far.
     pub attempts: i32,
-    /// Attempts allowed before the task fails terminally.
+    /// Attempts allowed before the task fails terminally (a retry raises it to `attempts` plus
+    /// the budget the task was enqueued with).
     pub max_attempts: i32,
     /// Per-attempt timeout.
     pub timeout_secs: i32,

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod control;
 pub mod health;
 pub mod metrics;
+pub mod retry;
 pub mod tasks;
 pub mod workers;
 

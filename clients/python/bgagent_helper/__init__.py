@@ -409,6 +409,37 @@ class Client:
             "POST", self._task_path(task_id) + "/cancel", idempotent=False
         )
 
+    def retry(self, task_id: TaskId) -> Task:
+        """Queue a failed or cancelled task again under its id, with a fresh attempt budget.
+
+        Its attempt numbers keep counting; earlier attempts stay in ``/processed``. Returns the
+        task (``status`` ``queued``). Raises :class:`BgAgentError` ``conflict`` (409) when it is
+        queued, running or succeeded.
+        """
+        return self._call("POST", self._task_path(task_id) + "/retry", idempotent=False)
+
+    def retry_all(
+        self,
+        status: str = "failed",
+        agent: Optional[str] = None,
+        finished_after: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> Dict[str, Any]:
+        """Queue again the ``failed`` (or ``cancelled``) tasks that match, oldest finished first.
+
+        ``finished_after`` is an RFC 3339 time; ``limit`` is 1 to 100,000 (the API's default is
+        10,000). Returns ``{"retried": n, "more": bool}``; ``more`` is true when the limit was
+        reached (call again).
+        """
+        body: Dict[str, Any] = {"status": status}
+        if agent is not None:
+            body["agent"] = agent
+        if finished_after is not None:
+            body["finished_after"] = finished_after
+        if limit is not None:
+            body["limit"] = limit
+        return self._call("POST", "/tasks/retry", json=body, idempotent=False)
+
     def wait(
         self, task_id: TaskId, timeout: float = 60.0, poll_interval: float = 0.5
     ) -> Task:

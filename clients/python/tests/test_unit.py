@@ -135,6 +135,32 @@ def test_task_id_is_a_single_path_segment() -> None:
     assert seen[1].method == "POST"
 
 
+def test_retry_and_retry_all() -> None:
+    client, seen = make_client(lambda r: httpx.Response(200, json=task()))
+    client.retry(TASK_ID)
+    assert seen[0].url.path == f"/tasks/{TASK_ID}/retry"
+    assert seen[0].method == "POST"
+
+    client, seen = make_client(lambda r: httpx.Response(200, json={"retried": 2, "more": False}))
+    assert client.retry_all() == {"retried": 2, "more": False}
+    assert seen[0].url.path == "/tasks/retry"
+    assert json.loads(seen[0].content) == {"status": "failed"}
+    client.retry_all("cancelled", agent="echo", finished_after="2026-12-07T00:00:00Z", limit=5)
+    assert json.loads(seen[1].content) == {
+        "status": "cancelled",
+        "agent": "echo",
+        "finished_after": "2026-12-07T00:00:00Z",
+        "limit": 5,
+    }
+
+
+def test_retry_is_not_repeated_on_503() -> None:
+    client, seen = make_client(lambda r: error(503, "unavailable", "database unavailable"))
+    with pytest.raises(BgAgentError):
+        client.retry(TASK_ID)
+    assert len(seen) == 1
+
+
 def test_health_sends_no_key() -> None:
     client, seen = make_client(
         lambda r: httpx.Response(

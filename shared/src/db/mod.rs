@@ -14,6 +14,7 @@ pub mod control;
 pub mod json;
 pub mod prefill;
 pub mod retention;
+pub mod retry;
 mod rows;
 pub mod runs;
 pub mod tasks;

@@ -58,6 +58,28 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// What a retry request found.
+#[derive(Clone, Debug)]
+pub enum RetryOutcome {
+    /// The task was failed or cancelled and is queued again.
+    Retried(Task),
+    /// The task is queued, running or succeeded: nothing changed.
+    NotRetryable(Task),
+    /// No such task.
+    NotFound,
+}
+
+/// Which finished tasks a bulk retry (redrive) queues again.
+#[derive(Clone, Debug)]
+pub struct RetryFilter {
+    /// `failed` or `cancelled`; another status is refused.
+    pub status: TaskStatus,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only tasks that finished after this.
+    pub finished_after: Option<DateTime<Utc>>,
+}
+
 /// How one attempt ended, as `task_attempts` records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
@@ -247,6 +269,14 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn final_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>>;
     /// Cancel a task: at once when queued, by request when running.
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome>;
+    /// Queue a failed or cancelled task again under its id, with a fresh attempt budget (its
+    /// attempt numbers keep counting); one statement, so a task that changes meanwhile is
+    /// either retried or reported as it is.
+    async fn retry(&self, id: Uuid) -> Result<RetryOutcome>;
+    /// Queue again up to `limit` tasks that match `filter`, oldest finished first, as
+    /// [`TaskStore::retry`] does; rows in use elsewhere are skipped. Returns how many; call again
+    /// until fewer than `limit` come back.
+    async fn retry_batch(&self, filter: &RetryFilter, limit: i64) -> Result<u64>;
     /// Attempt records newest first, one page.
     async fn attempts(&self, before: Option<i64>, limit: i64) -> Result<Vec<Attempt>>;
 

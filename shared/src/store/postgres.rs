@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::{
     AttemptOutcome, AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat,
-    Inserted, LockGuard, Pruned, Reaped, Recorded, TaskFilter, TaskStore,
+    Inserted, LockGuard, Pruned, Reaped, Recorded, RetryFilter, RetryOutcome, TaskFilter,
+    TaskStore,
 };
 use crate::config::DatabaseConfig;
 use crate::db;
@@ -115,6 +116,14 @@ impl TaskStore for PgStore {
 
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome> {
         db::tasks::cancel(&self.pool, id).await
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<RetryOutcome> {
+        db::retry::retry(&self.pool, id).await
+    }
+
+    async fn retry_batch(&self, filter: &RetryFilter, limit: i64) -> Result<u64> {
+        db::retry::retry_batch(&self.pool, filter, limit).await
     }
 
     async fn attempts(&self, before: Option<i64>, limit: i64) -> Result<Vec<Attempt>> {

@@ -15,6 +15,7 @@
 mod backlog;
 mod fleet;
 mod retention;
+mod retry;
 mod rows;
 mod runs;
 mod tasks;
@@ -323,6 +324,14 @@ impl TaskStore for SqliteStore {
 
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome> {
         self.cancel_task(id).await
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<crate::store::RetryOutcome> {
+        self.retry_task(id).await
+    }
+
+    async fn retry_batch(&self, filter: &crate::store::RetryFilter, limit: i64) -> Result<u64> {
+        self.retry_task_rows(filter, limit).await
     }
 
     async fn attempts(&self, before: Option<i64>, limit: i64) -> Result<Vec<Attempt>> {
