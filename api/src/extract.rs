@@ -95,6 +95,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "request body is empty; send a JSON object".into(),
         ));
     }
+    // Every body of this API is an object, and serde would also read a struct from an array
+    // (`[null, null]` as its first two fields): refuse anything else before deserializing.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::unprocessable("body", "must be a JSON object"),
+                Err(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
+            },
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

@@ -68,7 +68,7 @@ mod types;
 
 pub use bgagent_types::{
     Agent, Attempt, AttemptPage, EnqueueRequest, Health, PausedState, RetryAllRequest,
-    RetryAllResult, Task, TaskPage, TaskStatus, Unregistered, WorkerInfo,
+    RetryAllResult, RetryableStatus, Task, TaskPage, TaskStatus, Unregistered, WorkerInfo,
 };
 pub use error::{Error, Result};
 pub use types::{Cancellation, Enqueued, PageQuery, TaskQuery};

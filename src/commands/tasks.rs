@@ -1,6 +1,6 @@
 //! `bgagent tasks list|get|cancel|retry|watch`.
 
-use bgagent_client::{Client, RetryAllRequest, Task, TaskQuery, TaskStatus};
+use bgagent_client::{Client, RetryAllRequest, RetryableStatus, Task, TaskQuery, TaskStatus};
 use chrono::{DateTime, Utc};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -65,6 +65,13 @@ struct ListArgs {
     full: bool,
 }
 
+/// The statuses `tasks retry --all` takes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RetryStatusArg {
+    Failed,
+    Cancelled,
+}
+
 #[derive(clap::Args)]
 struct RetryArgs {
     /// Task id.
@@ -77,8 +84,8 @@ struct RetryArgs {
     #[arg(long, requires = "all")]
     agent: Option<String>,
     /// With --all: failed (the default) or cancelled tasks.
-    #[arg(long, requires = "all", value_parser = parse_status)]
-    status: Option<TaskStatus>,
+    #[arg(long, requires = "all", value_enum)]
+    status: Option<RetryStatusArg>,
     /// With --all: only tasks that finished after this time (RFC 3339).
     #[arg(long, requires = "all", value_name = "TIME")]
     finished_after: Option<DateTime<Utc>>,
@@ -289,7 +296,10 @@ async fn run_retry(client: &Client, args: RetryArgs, json: bool) -> anyhow::Resu
         return Ok(());
     }
     let filter = RetryAllRequest {
-        status: args.status,
+        status: args.status.map(|s| match s {
+            RetryStatusArg::Failed => RetryableStatus::Failed,
+            RetryStatusArg::Cancelled => RetryableStatus::Cancelled,
+        }),
         agent: args.agent,
         finished_after: args.finished_after,
         limit: args.limit,

@@ -158,6 +158,17 @@ both_engines! {
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
         let got = api.post("/tasks/retry", &json!({"limit": 0})).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        let got = api.post("/tasks/retry", &json!({"status": "queued"})).await;
+        assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        // serde reads a struct from an array too; every body must be an object (found by the
+        // fuzzer: `[null, null]` retried every failed task).
+        for body in [json!([null, null]), json!(["echo", "x"]), json!("x")] {
+            for path in ["/tasks/retry", "/enqueue"] {
+                let got = api.post(path, &body).await;
+                assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+                assert_eq!(got.1["error"]["field"], "body", "{path} {body}");
+            }
+        }
     }
 }
 

@@ -20,6 +20,6 @@ pub use agent::{Agent, AgentList, RegisterRequest, UnregisterRequest, Unregister
 pub use error::{ErrorBody, ErrorDetail};
 pub use fleet::{Health, PausedState, WorkerInfo, WorkerList};
 pub use limits::*;
-pub use retry::{RetryAllRequest, RetryAllResult};
+pub use retry::{RetryAllRequest, RetryAllResult, RetryableStatus};
 pub use status::{ParseStatusError, TaskStatus};
 pub use task::{Attempt, AttemptPage, EnqueueRequest, Task, TaskPage};

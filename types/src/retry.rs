@@ -11,6 +11,27 @@ pub const RETRY_ALL_DEFAULT_LIMIT: i64 = 10_000;
 /// Largest [`RetryAllRequest::limit`].
 pub const RETRY_ALL_MAX_LIMIT: i64 = 100_000;
 
+/// The statuses a task can be retried from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RetryableStatus {
+    /// Failed tasks (the default).
+    #[default]
+    Failed,
+    /// Cancelled tasks.
+    Cancelled,
+}
+
+impl From<RetryableStatus> for TaskStatus {
+    fn from(status: RetryableStatus) -> Self {
+        match status {
+            RetryableStatus::Failed => TaskStatus::Failed,
+            RetryableStatus::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
 /// Body of `POST /tasks/retry`: which finished tasks to queue again. An empty object retries up
 /// to 10,000 failed tasks.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -19,7 +40,7 @@ pub const RETRY_ALL_MAX_LIMIT: i64 = 100_000;
 pub struct RetryAllRequest {
     /// `failed` (the default) or `cancelled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<TaskStatus>,
+    pub status: Option<RetryableStatus>,
     /// Only tasks of this agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,

@@ -93,13 +93,7 @@ pub async fn retry_all(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RetryAllRequest>,
 ) -> ApiResult<Json<RetryAllResult>> {
-    let status = request.status.unwrap_or(TaskStatus::Failed);
-    if !matches!(status, TaskStatus::Failed | TaskStatus::Cancelled) {
-        return Err(ApiError::unprocessable(
-            "status",
-            "must be failed or cancelled",
-        ));
-    }
+    let status = TaskStatus::from(request.status.unwrap_or_default());
     let limit = request.limit.unwrap_or(RETRY_ALL_DEFAULT_LIMIT);
     if !(1..=RETRY_ALL_MAX_LIMIT).contains(&limit) {
         return Err(ApiError::unprocessable(
