@@ -22,6 +22,22 @@ use crate::common::TestEnv;
 /// Finished tasks in the table: enough that a seq scan or a walk of the wrong index shows.
 const ROWS: i64 = 300_000;
 
+/// Run `explain` (an `EXPLAIN (FORMAT JSON) …` statement) on `conn` and return every node of the
+/// plan: (node type, relation, index).
+pub(crate) async fn explain_nodes(
+    conn: &mut sqlx::PgConnection,
+    explain: String,
+) -> Vec<(String, String, String)> {
+    let sqlx::types::Json(plan): sqlx::types::Json<Value> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_one(conn)
+            .await
+            .unwrap();
+    let mut found = Vec::new();
+    nodes(&plan[0]["Plan"], &mut found);
+    found
+}
+
 /// Every node of an EXPLAIN (FORMAT JSON) plan: (node type, relation, index).
 fn nodes(plan: &Value, out: &mut Vec<(String, String, String)>) {
     let text = |key: &str| plan[key].as_str().unwrap_or_default().to_owned();
@@ -110,13 +126,7 @@ async fn every_list_filter_and_hot_statement_uses_an_index() {
                 "explain (format json) execute list_{n}({})",
                 args.join(", ")
             );
-            let sqlx::types::Json(plan): sqlx::types::Json<Value> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .unwrap();
-            let mut found = Vec::new();
-            nodes(&plan[0]["Plan"], &mut found);
+            let found = explain_nodes(&mut conn, explain).await;
             assert!(
                 !found.iter().any(|(node, _, _)| node.contains("Seq Scan")),
                 "{status:?} {agent:?}: {found:?}"

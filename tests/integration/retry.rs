@@ -247,17 +247,6 @@ both_engines! {
     }
 }
 
-/// Plan nodes as (node type, relation, index).
-fn plan_nodes(plan: &Value, out: &mut Vec<(String, String, String)>) {
-    let text = |key: &str| plan[key].as_str().unwrap_or_default().to_owned();
-    if plan.get("Node Type").is_some() {
-        out.push((text("Node Type"), text("Relation Name"), text("Index Name")));
-    }
-    for child in plan["Plans"].as_array().into_iter().flatten() {
-        plan_nodes(child, out);
-    }
-}
-
 /// The redrive statement's generic plan (the one a prepared statement keeps) reads the batch
 /// through `tasks_finished_idx` and updates it through the primary key, never scanning the
 /// table, with or without an agent filter, among 100,000 finished tasks.
@@ -285,13 +274,7 @@ async fn the_redrive_batch_uses_indexes_on_postgres() {
         "'cancelled', null, '2026-01-01T00:00:00Z', 1000",
     ] {
         let explain = format!("explain (format json) execute redrive({args})");
-        let sqlx::types::Json(plan): sqlx::types::Json<Value> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-        let mut found = Vec::new();
-        plan_nodes(&plan[0]["Plan"], &mut found);
+        let found = crate::plans::explain_nodes(&mut conn, explain).await;
         assert!(
             !found.iter().any(|(node, _, _)| node.contains("Seq Scan")),
             "{args}: {found:?}"
