@@ -39,20 +39,30 @@ pub async fn by_key(db: impl PgExecutor<'_>, key: &str) -> Result<Option<Task>> 
     Ok(row.map(Task::from))
 }
 
-/// Tasks per status (in `TaskStatus::ALL` order) on `tasks_status_id_idx` and finished in the last hour on
-/// `tasks_finished_idx`, each count stopped at `$1` rows.
+/// Tasks per status (in `TaskStatus::ALL` order) on `tasks_status_id_idx` and finished in the
+/// last hour on `tasks_finished_idx`, each count stopped at `$1` rows. Each subquery walks its
+/// index in order (`order by`): with most of the table in one status, a seq scan that stops
+/// after `$1` matching rows would otherwise look as cheap to the planner, and it is not once
+/// those rows are spread through a large table.
 pub async fn overview(db: impl PgExecutor<'_>, cap: i64) -> Result<Overview> {
     let counts: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "select
-             (select count(*) from (select 1 from tasks where status = 'queued' limit $1) q),
-             (select count(*) from (select 1 from tasks where status = 'running' limit $1) r),
-             (select count(*) from (select 1 from tasks where status = 'succeeded' limit $1) s),
-             (select count(*) from (select 1 from tasks where status = 'failed' limit $1) f),
-             (select count(*) from (select 1 from tasks where status = 'cancelled' limit $1) c),
+             (select count(*) from (select 1 from tasks where status = 'queued'
+                                    order by id desc limit $1) q),
+             (select count(*) from (select 1 from tasks where status = 'running'
+                                    order by id desc limit $1) r),
              (select count(*) from (select 1 from tasks where status = 'succeeded'
-                                    and finished_at > now() - interval '1 hour' limit $1) sh),
+                                    order by id desc limit $1) s),
              (select count(*) from (select 1 from tasks where status = 'failed'
-                                    and finished_at > now() - interval '1 hour' limit $1) fh)",
+                                    order by id desc limit $1) f),
+             (select count(*) from (select 1 from tasks where status = 'cancelled'
+                                    order by id desc limit $1) c),
+             (select count(*) from (select 1 from tasks where status = 'succeeded'
+                                    and finished_at > now() - interval '1 hour'
+                                    order by finished_at desc limit $1) sh),
+             (select count(*) from (select 1 from tasks where status = 'failed'
+                                    and finished_at > now() - interval '1 hour'
+                                    order by finished_at desc limit $1) fh)",
     )
     .bind(cap)
     .fetch_one(db)
@@ -79,10 +89,10 @@ pub async fn agent_outcomes(
         "select a.name,
                 (select count(*) from (select 1 from tasks t
                                        where t.agent = a.name and t.status = 'succeeded'
-                                         and t.id >= $1 limit $2) s),
+                                         and t.id >= $1 order by t.id desc limit $2) s),
                 (select count(*) from (select 1 from tasks t
                                        where t.agent = a.name and t.status = 'failed'
-                                         and t.id >= $1 limit $2) f)
+                                         and t.id >= $1 order by t.id desc limit $2) f)
          from (select name from agents order by name limit $3) a
          order by a.name",
     )
