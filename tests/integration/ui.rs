@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::both_engines;
-use crate::common::{TEST_KEY, TestApi, TestEnv};
+use crate::common::{TEST_KEY, TestApi};
 use bgagent_shared::domain::TaskStatus;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};

@@ -252,10 +252,10 @@ fn see_other_with_cookie(to: &'static str, cookie: &str) -> Response {
 /// `Host` the request came to. Clients that send neither (curl, old browsers) pass: the check
 /// only stops a page elsewhere from signing a visitor in with a key of its choosing.
 fn cross_site(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return true;
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return true;
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
