@@ -36,6 +36,8 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="htmx-config" content=(HTMX_CONFIG);
             meta name="referrer" content="no-referrer";
+            // No favicon request (an empty data: icon, which the CSP's img-src allows).
+            link rel="icon" href="data:,";
             title { (title) " · Background Agent" }
             link rel="stylesheet" href=(assets::url("dashboard.css"));
             script src=(assets::url("htmx-2.0.11.min.js")) defer {}

@@ -247,19 +247,22 @@ fn see_other_with_cookie(to: &'static str, cookie: &str) -> Response {
     response
 }
 
-/// Whether the browser says the sign-in form was posted from another site: `Sec-Fetch-Site`
-/// other than same-origin (or none: typed by the user), or an `Origin` whose host is not the
-/// `Host` the request came to. Clients that send neither (curl, old browsers) pass: the check
-/// only stops a page elsewhere from signing a visitor in with a key of its choosing.
+/// Whether the browser says the sign-in form was posted from another site. `Sec-Fetch-Site`
+/// decides when present (same-origin, or none: typed by the user, pass); browsers without it are
+/// judged by an `Origin` whose host is not the `Host` the request came to. An opaque `Origin:
+/// null` decides nothing: the dashboard's own `Referrer-Policy: no-referrer` makes browsers send
+/// it with same-origin form posts. Clients that send neither (curl) pass: the check only stops a
+/// page elsewhere from signing a visitor in with a key of its choosing.
 fn cross_site(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
-        return true;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
+    if origin.as_bytes() == b"null" {
+        return false;
+    }
     let origin_host = origin
         .to_str()
         .ok()
@@ -414,7 +417,18 @@ mod tests {
             ("origin", "https://evil.example"),
             ("host", "127.0.0.1:8080")
         ])));
-        assert!(cross_site(&headers(&[("origin", "null"), ("host", "a")])));
+        // What Chromium sends for the dashboard's own form (Referrer-Policy: no-referrer).
+        assert!(!cross_site(&headers(&[
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+            ("host", "a")
+        ])));
+        assert!(cross_site(&headers(&[
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site"),
+            ("host", "a")
+        ])));
+        assert!(!cross_site(&headers(&[("origin", "null"), ("host", "a")])));
     }
 
     #[test]
