@@ -573,7 +573,8 @@ pub async fn failed(
             }
             button.secondary type="submit" { "Filter" }
         }
-        form #retry-all .bar method="post" action="/ui/tasks/retry" aria-label="Retry all matching tasks" {
+        h2 #retry-all-heading { "Retry all that match" }
+        form #retry-all .bar method="post" action="/ui/tasks/retry" aria-labelledby="retry-all-heading" {
             (csrf_field(&session))
             input type="hidden" name="status" value=(status.as_str());
             label for="retry-agent" { "Agent (empty: all)"
@@ -584,9 +585,9 @@ pub async fn failed(
             }
             button type="submit" { "Retry all " (status.as_str()) " tasks that match" }
         }
+        h2 { "Tasks, newest first" }
         div.table-wrap {
             table #tasks {
-                caption.muted { "Newest first" }
                 (layout::task_table_head(Some("Retry")))
                 tbody #task-rows { (layout::task_rows(&tasks, Some((&session, status.as_str())))) }
             }
