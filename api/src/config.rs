@@ -6,6 +6,7 @@ use clap::ArgAction;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything `bgagent-api` reads from flags and the environment.
 #[derive(Clone, Debug, clap::Args)]
@@ -67,6 +68,23 @@ pub struct ApiConfig {
     /// (largest batches, least CPU); more can lower latency when the database is remote.
     #[arg(long, env = "BGAGENT_ENQUEUE_LOOPS", default_value_t = 1)]
     pub enqueue_loops: usize,
+    /// How long a dashboard (`/ui`) session lasts after sign-in (`12h`, `30m`, `7d`).
+    #[arg(long, env = "BGAGENT_UI_SESSION_TTL", default_value = "12h",
+          value_parser = parse_session_ttl)]
+    pub ui_session_ttl: Duration,
+    /// Mark the dashboard's session cookie `Secure` (and name it `__Host-…`): set it when TLS
+    /// terminates in front of the API, so the browser never sends the cookie in clear.
+    #[arg(long, env = "BGAGENT_UI_SECURE_COOKIE", default_value_t = false, action = ArgAction::Set)]
+    pub ui_secure_cookie: bool,
+}
+
+/// A session lifetime: a humantime duration from one minute to 30 days.
+fn parse_session_ttl(raw: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600)).contains(&ttl) {
+        return Err("must be from 1m to 30d".into());
+    }
+    Ok(ttl)
 }
 
 /// Shortest API key accepted, in characters (after trimming surrounding whitespace).
@@ -136,5 +154,15 @@ mod tests {
         assert_eq!(config.idle_timeout_secs, 60);
         assert_eq!(config.max_connections, 1024);
         assert_eq!(config.shutdown_grace_secs, 30);
+        assert_eq!(config.ui_session_ttl, Duration::from_secs(12 * 3600));
+        assert!(!config.ui_secure_cookie);
+    }
+
+    #[test]
+    fn session_ttl_is_bounded() {
+        assert!(parse_session_ttl("30m").is_ok());
+        assert!(parse_session_ttl("10s").is_err());
+        assert!(parse_session_ttl("365d").is_err());
+        assert!(parse_session_ttl("soon").is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod ui;
 pub mod wait;
 
 use axum::Router;
@@ -131,6 +132,7 @@ impl Api {
                 max_body_bytes: config.max_body_bytes,
                 egress: config.egress.policy(),
                 waits,
+                ui: ui::UiSettings::new(config.ui_session_ttl, config.ui_secure_cookie),
             }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
@@ -182,6 +184,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(protected)
         .merge(public)
+        // The dashboard signs in with its own session cookie, never with x-api-key.
+        .merge(ui::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), routes::metrics::track))

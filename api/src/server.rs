@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use bgagent_shared::Error;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -73,10 +75,10 @@ pub async fn serve(
                 Err(_closed) => break,
             },
         };
-        let stream = tokio::select! {
+        let connection = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _remote)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(&e).await;
                     continue;
@@ -84,7 +86,7 @@ pub async fn serve(
             },
         };
         connections.spawn(serve_connection(
-            stream,
+            connection,
             app.clone(),
             limits,
             shutdown.clone(),
@@ -124,7 +126,7 @@ async fn accept_failed(e: &io::Error) {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    (stream, remote): (TcpStream, SocketAddr),
     app: Router,
     limits: ServerLimits,
     shutdown: CancellationToken,
@@ -138,7 +140,10 @@ async fn serve_connection(
     let busy = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let guard = Busy::start(busy.clone());
-        let response = app.clone().oneshot(req.map(Body::new));
+        let mut req = req.map(Body::new);
+        // The peer's address, for handlers that need it (the dashboard's sign-in rate limit).
+        req.extensions_mut().insert(ConnectInfo(remote));
+        let response = app.clone().oneshot(req);
         async move {
             let response = response.await;
             drop(guard);

@@ -32,6 +32,8 @@ pub struct AppContext {
     pub egress: bgagent_shared::egress::EgressPolicy,
     /// Requests waiting for a task to be final (`GET /tasks/{id}?wait_secs=`).
     pub waits: crate::wait::Waits,
+    /// The dashboard's session settings and sign-in rate limit.
+    pub ui: crate::ui::UiSettings,
 }
 
 impl AppState {

@@ -158,6 +158,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  BACKGROUND_AGENT_API_KEY=(the one you set)");
     }
     println!("  workers: {}", workers.len());
+    println!(
+        "  dashboard: http://{shown_host}:{}/ui (sign in with the API key)",
+        addr.port()
+    );
     let shutdown = bgagent_shared::shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in workers {

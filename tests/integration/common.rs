@@ -270,6 +270,8 @@ impl TestEnv {
             shutdown_grace_secs: 5,
             migrate: false,
             enqueue_loops: 4,
+            ui_session_ttl: Duration::from_secs(12 * 3600),
+            ui_secure_cookie: false,
         }
     }
 

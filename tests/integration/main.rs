@@ -27,5 +27,6 @@ mod recovery;
 mod retention;
 mod retry;
 mod stalls;
+mod ui;
 mod wait;
 mod worker;

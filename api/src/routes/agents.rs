@@ -28,6 +28,12 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<Json<Agent>> {
+    register_agent(&state, req).await.map(Json)
+}
+
+/// Validate and register (or update) an agent (`POST /agents/register` and the dashboard's
+/// register form): the same name, endpoint, egress and meta rules for both.
+pub async fn register_agent(state: &AppState, req: RegisterRequest) -> ApiResult<Agent> {
     let name = parse_agent_name("name", &req.name)?;
     let endpoint = parse_endpoint(&req.endpoint)?;
     egress::check_endpoint(&state.egress, "endpoint", &endpoint)?;
@@ -38,7 +44,7 @@ pub async fn register(
         .await?;
     state.metrics.agents.registered(&name);
     tracing::info!(agent = %name, "agent registered");
-    Ok(Json(agent))
+    Ok(agent)
 }
 
 /// Remove an agent; its tasks then route to the gateway (or fail).
@@ -50,16 +56,21 @@ pub async fn unregister(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<UnregisterRequest>,
 ) -> ApiResult<Json<Unregistered>> {
-    let name = parse_agent_name("name", &req.name)?;
+    unregister_agent(&state, &req.name).await.map(Json)
+}
+
+/// Remove a registered agent (`POST /agents/unregister` and the dashboard).
+pub async fn unregister_agent(state: &AppState, name: &str) -> ApiResult<Unregistered> {
+    let name = parse_agent_name("name", name)?;
     if !state.store.delete_agent(&name).await? {
         return Err(ApiError::NotFound(format!("no agent {name:?}")));
     }
     state.metrics.agents.unregistered(&name);
     tracing::info!(agent = %name, "agent unregistered");
-    Ok(Json(Unregistered {
+    Ok(Unregistered {
         name,
         unregistered: true,
-    }))
+    })
 }
 
 /// Registered agents.

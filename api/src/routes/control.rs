@@ -21,7 +21,7 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, body = PausedState), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn stop(State(state): State<AppState>) -> ApiResult<Json<PausedState>> {
-    set_paused(&state, true).await
+    set_paused(&state, true).await.map(Json)
 }
 
 /// Resume the fleet.
@@ -29,10 +29,12 @@ pub async fn stop(State(state): State<AppState>) -> ApiResult<Json<PausedState>>
     responses((status = 200, body = PausedState), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn start(State(state): State<AppState>) -> ApiResult<Json<PausedState>> {
-    set_paused(&state, false).await
+    set_paused(&state, false).await.map(Json)
 }
 
-async fn set_paused(state: &AppState, paused: bool) -> ApiResult<Json<PausedState>> {
+/// Store the fleet's paused state and broadcast it to the workers (`POST /stop`, `POST /start`
+/// and the dashboard's pause and resume buttons).
+pub async fn set_paused(state: &AppState, paused: bool) -> ApiResult<PausedState> {
     // Store first: the stored state is what workers reconcile with, the message only makes the
     // change immediate.
     let paused = state.store.set_paused(paused, "api").await?;
@@ -49,5 +51,5 @@ async fn set_paused(state: &AppState, paused: bool) -> ApiResult<Json<PausedStat
         }
     };
     tracing::info!(paused, "fleet paused state changed");
-    Ok(Json(PausedState { paused, broadcast }))
+    Ok(PausedState { paused, broadcast })
 }

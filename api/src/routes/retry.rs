@@ -106,6 +106,16 @@ pub async fn retry_all(
         agent: request.agent,
         finished_after: request.finished_after,
     };
+    retry_matching(&state, &filter, limit).await.map(Json)
+}
+
+/// Queue again up to `limit` tasks matching `filter`, in batches of [`RETRY_BATCH`]
+/// (`POST /tasks/retry` and the dashboard's "retry all" form).
+pub async fn retry_matching(
+    state: &AppState,
+    filter: &RetryFilter,
+    limit: i64,
+) -> ApiResult<RetryAllResult> {
     let mut retried: u64 = 0;
     let mut more = false;
     loop {
@@ -117,12 +127,12 @@ pub async fn retry_all(
             break;
         }
         let want = left.min(RETRY_BATCH);
-        let done = state.store.retry_batch(&filter, want).await?;
+        let done = state.store.retry_batch(filter, want).await?;
         retried += done;
         if i64::try_from(done).unwrap_or(0) < want {
             break;
         }
     }
     tracing::info!(retried, more, status = %filter.status, agent = ?filter.agent, "bulk retry");
-    Ok(Json(RetryAllResult { retried, more }))
+    Ok(RetryAllResult { retried, more })
 }

@@ -18,6 +18,7 @@ pub mod retry;
 mod rows;
 pub mod runs;
 pub mod tasks;
+pub mod ui;
 pub mod workers;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -240,6 +240,49 @@ pub trait DueBatch: Send {
     async fn commit(self: Box<Self>, published: &[Uuid]) -> Result<()>;
 }
 
+/// A dashboard session as the store keeps it. Only a hash of the session token is stored, so a
+/// copy of the table does not sign anyone in.
+#[derive(Clone, Debug)]
+pub struct UiSession {
+    /// The session's CSRF token, which every form it posts must carry.
+    pub csrf: String,
+    /// When the session ends.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Task counts for the dashboard's overview, each stopped at the cap the caller gave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// Tasks per status, in [`TaskStatus::ALL`] order.
+    pub by_status: [i64; 5],
+    /// Tasks that succeeded in the last hour (store time).
+    pub succeeded_last_hour: i64,
+    /// Tasks that failed in the last hour.
+    pub failed_last_hour: i64,
+}
+
+/// Recent outcomes of one registered agent, each count stopped at the cap the caller gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentOutcomes {
+    /// The agent.
+    pub agent: String,
+    /// Its tasks created within the window that succeeded.
+    pub succeeded: i64,
+    /// Its tasks created within the window that failed.
+    pub failed: i64,
+}
+
+/// The smallest UUID v7 of the millisecond `at`: task ids are v7, so `id >= uuid_floor(t)` are
+/// the tasks created at or after `t`, a range of the id-ordered indexes.
+pub fn uuid_floor(at: DateTime<Utc>) -> Uuid {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    Uuid::from_bytes(bytes)
+}
+
 /// Everything the API and the workers do to rows.
 #[async_trait]
 pub trait TaskStore: Send + Sync + 'static {
@@ -360,4 +403,51 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Delete up to `limit` rows of workers not seen for `age` (stopped or gone). Returns how
     /// many; call again until fewer than `limit`.
     async fn prune_workers(&self, age: Duration, limit: i64) -> Result<u64>;
+
+    /// The attempt records of one task, oldest first (at most `limit`), on the
+    /// `(task_id, attempt)` unique index.
+    async fn task_attempts(&self, id: Uuid, limit: i64) -> Result<Vec<Attempt>>;
+    /// The task holding an idempotency key.
+    async fn task_by_key(&self, key: &str) -> Result<Option<Task>>;
+    /// Tasks per status and finished in the last hour, each count stopped at `cap` (index scans
+    /// of at most `cap` entries each, so the cost does not grow with the table).
+    async fn overview(&self, cap: i64) -> Result<Overview>;
+    /// For up to `limit` registered agents (by name): their tasks created within `window`
+    /// (store time) that succeeded and failed, each count stopped at `cap`.
+    async fn agent_outcomes(
+        &self,
+        window: Duration,
+        cap: i64,
+        limit: i64,
+    ) -> Result<Vec<AgentOutcomes>>;
+
+    /// Store a dashboard session: the hash of its token, its CSRF token, and an expiry `ttl`
+    /// from now (store time).
+    async fn insert_session(&self, token_hash: &[u8], csrf: &str, ttl: Duration) -> Result<()>;
+    /// The unexpired session whose token hashes to `token_hash`.
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<UiSession>>;
+    /// End a session; false when there was none.
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<bool>;
+    /// Delete up to `limit` expired sessions; returns how many.
+    async fn prune_sessions(&self, limit: i64) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_floor_sorts_before_every_id_of_its_millisecond_and_after_earlier_ones() {
+        let at = Utc::now();
+        let floor = uuid_floor(at);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(at.timestamp()).unwrap_or(0),
+            at.timestamp_subsec_nanos(),
+        );
+        let id = Uuid::new_v7(ts);
+        assert!(floor <= id);
+        assert_eq!(floor.get_version_num(), 7);
+        assert!(uuid_floor(at - chrono::Duration::milliseconds(1)) < floor);
+    }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    AttemptOutcome, AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat,
-    Inserted, LockGuard, Pruned, Reaped, Recorded, RetryFilter, RetryOutcome, TaskFilter,
-    TaskStore,
+    AgentOutcomes, AttemptOutcome, AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive,
+    Heartbeat, Inserted, LockGuard, Overview, Pruned, Reaped, Recorded, RetryFilter, RetryOutcome,
+    TaskFilter, TaskStore, UiSession,
 };
 use crate::config::DatabaseConfig;
 use crate::db;
@@ -288,6 +288,43 @@ impl TaskStore for PgStore {
 
     async fn prune_workers(&self, age: Duration, limit: i64) -> Result<u64> {
         db::retention::prune_workers(&self.pool, secs(age), limit).await
+    }
+
+    async fn task_attempts(&self, id: Uuid, limit: i64) -> Result<Vec<Attempt>> {
+        db::ui::task_attempts(&self.pool, id, limit).await
+    }
+
+    async fn task_by_key(&self, key: &str) -> Result<Option<Task>> {
+        db::ui::by_key(&self.pool, key).await
+    }
+
+    async fn overview(&self, cap: i64) -> Result<Overview> {
+        db::ui::overview(&self.pool, cap).await
+    }
+
+    async fn agent_outcomes(
+        &self,
+        window: Duration,
+        cap: i64,
+        limit: i64,
+    ) -> Result<Vec<AgentOutcomes>> {
+        db::ui::agent_outcomes(&self.pool, window, cap, limit).await
+    }
+
+    async fn insert_session(&self, token_hash: &[u8], csrf: &str, ttl: Duration) -> Result<()> {
+        db::ui::insert_session(&self.pool, token_hash, csrf, ttl).await
+    }
+
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<UiSession>> {
+        db::ui::session(&self.pool, token_hash).await
+    }
+
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<bool> {
+        db::ui::delete_session(&self.pool, token_hash).await
+    }
+
+    async fn prune_sessions(&self, limit: i64) -> Result<u64> {
+        db::ui::prune_sessions(&self.pool, limit).await
     }
 }
 

@@ -21,6 +21,7 @@ mod runs;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod ui;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -39,8 +40,8 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
 use crate::store::{
-    AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted, LockGuard,
-    Pruned, Reaped, Recorded, TaskFilter, TaskStore,
+    AgentOutcomes, AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted,
+    LockGuard, Overview, Pruned, Reaped, Recorded, TaskFilter, TaskStore, UiSession,
 };
 use crate::{Error, Result};
 
@@ -464,5 +465,42 @@ impl TaskStore for SqliteStore {
 
     async fn prune_workers(&self, age: Duration, limit: i64) -> Result<u64> {
         self.prune_worker_rows(age, limit).await
+    }
+
+    async fn task_attempts(&self, id: Uuid, limit: i64) -> Result<Vec<Attempt>> {
+        self.list_task_attempts(id, limit).await
+    }
+
+    async fn task_by_key(&self, key: &str) -> Result<Option<Task>> {
+        self.get_task_by_key(key).await
+    }
+
+    async fn overview(&self, cap: i64) -> Result<Overview> {
+        self.count_overview(cap).await
+    }
+
+    async fn agent_outcomes(
+        &self,
+        window: Duration,
+        cap: i64,
+        limit: i64,
+    ) -> Result<Vec<AgentOutcomes>> {
+        self.count_agent_outcomes(window, cap, limit).await
+    }
+
+    async fn insert_session(&self, token_hash: &[u8], csrf: &str, ttl: Duration) -> Result<()> {
+        self.put_session(token_hash, csrf, ttl).await
+    }
+
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<UiSession>> {
+        self.get_session(token_hash).await
+    }
+
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<bool> {
+        self.remove_session(token_hash).await
+    }
+
+    async fn prune_sessions(&self, limit: i64) -> Result<u64> {
+        self.prune_session_rows(limit).await
     }
 }
