@@ -67,6 +67,10 @@ pub struct ApiConfig {
     /// (largest batches, least CPU); more can lower latency when the database is remote.
     #[arg(long, env = "BGAGENT_ENQUEUE_LOOPS", default_value_t = 1)]
     pub enqueue_loops: usize,
+    /// Most `GET /events` streams open at once on this process; beyond it the route answers
+    /// 503. Each costs a connection (see BGAGENT_MAX_CONNECTIONS) and a few KiB.
+    #[arg(long, env = "BGAGENT_MAX_EVENT_STREAMS", default_value_t = 1000)]
+    pub max_event_streams: usize,
 }
 
 /// Shortest API key accepted, in characters (after trimming surrounding whitespace).

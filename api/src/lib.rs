@@ -5,6 +5,7 @@
 pub mod config;
 pub mod enqueue;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod mcp;
 pub mod metrics;
@@ -120,6 +121,7 @@ impl Api {
             engine.store.clone(),
             Duration::from_secs(config.request_timeout_secs.max(1)),
         );
+        let events = events::EventHub::start(engine.queue.clone(), config.max_event_streams);
         Ok(Self {
             listener,
             state: AppState::new(AppContext {
@@ -131,6 +133,7 @@ impl Api {
                 max_body_bytes: config.max_body_bytes,
                 egress: config.egress.policy(),
                 waits,
+                events,
             }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
@@ -153,6 +156,14 @@ impl Api {
     /// Serve until `shutdown` fires, then finish in-flight requests (within the shutdown grace)
     /// and drain the enqueue loops.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        // Open event streams never end on their own: end them when the shutdown begins, so the
+        // graceful shutdown does not wait its whole grace for them.
+        let events = self.state.events.clone();
+        let closing = shutdown.clone();
+        tokio::spawn(async move {
+            closing.cancelled().await;
+            events.close();
+        });
         let app = router(self.state, self.request_timeout);
         tracing::info!(addr = %self.listener.local_addr().map_err(|e| Error::Io(e.to_string()))?, "API listening");
         server::serve(self.listener, app, self.limits, shutdown).await?;
@@ -176,11 +187,15 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Model Context Protocol (not a REST route, so not in the OpenAPI document).
         .route_service("/mcp", mcp::service(state.clone()))
         .route_layer(from_fn_with_state(state.clone(), extract::require_api_key));
+    // Its own router, so another authentication layer (the dashboard's session) can wrap it.
+    let events = routes::events::router()
+        .route_layer(from_fn_with_state(state.clone(), extract::require_api_key));
     let public = Router::new()
         .merge(routes::health::router())
         .route("/metrics", get(routes::metrics::serve));
     Router::new()
         .merge(protected)
+        .merge(events)
         .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -32,6 +32,8 @@ pub struct AppContext {
     pub egress: bgagent_shared::egress::EgressPolicy,
     /// Requests waiting for a task to be final (`GET /tasks/{id}?wait_secs=`).
     pub waits: crate::wait::Waits,
+    /// The task event fan-in of `GET /events`.
+    pub events: crate::events::EventHub,
 }
 
 impl AppState {

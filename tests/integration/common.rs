@@ -270,6 +270,7 @@ impl TestEnv {
             shutdown_grace_secs: 5,
             migrate: false,
             enqueue_loops: 4,
+            max_event_streams: 1000,
         }
     }
 
