@@ -519,6 +519,21 @@ impl TestEnv {
         }
     }
 
+    /// The queue this test's processes exchange task events on (to publish events directly).
+    pub fn event_queue(&self) -> Arc<dyn bgagent_shared::queue::TaskQueue> {
+        match &self.embedded {
+            Some(engine) => engine.queue.clone(),
+            None => Arc::new(
+                bgagent_shared::queue::rabbit::RabbitQueue::new(
+                    &self.broker_config(),
+                    "bgagent-test/publish",
+                    0,
+                )
+                .expect("queue"),
+            ),
+        }
+    }
+
     pub async fn amqp(&self) -> lapin::Connection {
         bgagent_shared::queue::rabbit::connect(&self.amqp_url, "bgagent-test")
             .await
