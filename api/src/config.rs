@@ -76,6 +76,10 @@ pub struct ApiConfig {
     /// terminates in front of the API, so the browser never sends the cookie in clear.
     #[arg(long, env = "BGAGENT_UI_SECURE_COOKIE", default_value_t = false, action = ArgAction::Set)]
     pub ui_secure_cookie: bool,
+    /// Most `GET /events` streams open at once on this process; beyond it the route answers
+    /// 503. Each costs a connection (see BGAGENT_MAX_CONNECTIONS) and a few KiB.
+    #[arg(long, env = "BGAGENT_MAX_EVENT_STREAMS", default_value_t = 1000)]
+    pub max_event_streams: usize,
 }
 
 /// A session lifetime: a humantime duration from one minute to 30 days.

@@ -171,15 +171,34 @@ pub fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
 /// Reject requests without the right `x-api-key`. Compared in constant time; no other header
 /// grants access.
 pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let expected = state.api_key.expose_secret().as_bytes();
-    let authorized = req
-        .headers()
-        .get(API_KEY_HEADER)
-        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected)));
-    if !authorized {
+    if !has_api_key(&state, req.headers()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// Routes the dashboard's pages read from the browser (`GET /events`): the `x-api-key` header or
+/// a dashboard session cookie. Only for GET routes, so the cookie never authorizes a change
+/// outside the CSRF-checked forms under `/ui`.
+pub async fn require_api_key_or_session(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !has_api_key(&state, req.headers())
+        && !crate::ui::session::authenticated(&state, req.headers()).await
+    {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether the request carries the API key (compared in constant time).
+fn has_api_key(state: &AppState, headers: &HeaderMap) -> bool {
+    let expected = state.api_key.expose_secret().as_bytes();
+    headers
+        .get(API_KEY_HEADER)
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected)))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod enqueue;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod mcp;
 pub mod metrics;
@@ -121,6 +122,7 @@ impl Api {
             engine.store.clone(),
             Duration::from_secs(config.request_timeout_secs.max(1)),
         );
+        let events = events::EventHub::start(engine.queue.clone(), config.max_event_streams);
         Ok(Self {
             listener,
             state: AppState::new(AppContext {
@@ -133,6 +135,7 @@ impl Api {
                 egress: config.egress.policy(),
                 waits,
                 ui: ui::UiSettings::new(config.ui_session_ttl, config.ui_secure_cookie),
+                events,
             }),
             enqueue_loops,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
@@ -155,6 +158,14 @@ impl Api {
     /// Serve until `shutdown` fires, then finish in-flight requests (within the shutdown grace)
     /// and drain the enqueue loops.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        // Open event streams never end on their own: end them when the shutdown begins, so the
+        // graceful shutdown does not wait its whole grace for them.
+        let events = self.state.events.clone();
+        let closing = shutdown.clone();
+        tokio::spawn(async move {
+            closing.cancelled().await;
+            events.close();
+        });
         let app = router(self.state, self.request_timeout);
         tracing::info!(addr = %self.listener.local_addr().map_err(|e| Error::Io(e.to_string()))?, "API listening");
         server::serve(self.listener, app, self.limits, shutdown).await?;
@@ -178,11 +189,17 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Model Context Protocol (not a REST route, so not in the OpenAPI document).
         .route_service("/mcp", mcp::service(state.clone()))
         .route_layer(from_fn_with_state(state.clone(), extract::require_api_key));
+    // The dashboard's pages open the stream from the browser, with their session cookie.
+    let events = routes::events::router().route_layer(from_fn_with_state(
+        state.clone(),
+        extract::require_api_key_or_session,
+    ));
     let public = Router::new()
         .merge(routes::health::router())
         .route("/metrics", get(routes::metrics::serve));
     Router::new()
         .merge(protected)
+        .merge(events)
         .merge(public)
         // The dashboard signs in with its own session cookie, never with x-api-key.
         .merge(ui::router(state.clone()))

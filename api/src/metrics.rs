@@ -3,8 +3,8 @@
 use bgagent_shared::labels::AgentLabels;
 use bgagent_shared::store::BACKLOG_COUNT_CAP;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +31,10 @@ pub struct Metrics {
     pub(crate) workers_live: IntGauge,
     /// Requests of this process waiting for a task to be final, sampled at scrape time.
     pub(crate) task_waiters: IntGauge,
+    /// Open `GET /events` streams of this process, sampled at scrape time.
+    pub(crate) event_streams: IntGauge,
+    /// Task events this process dropped (buffer full, queue unreachable), caught up at scrape.
+    pub(crate) events_dropped: IntCounter,
     /// Tasks by state (`due`, `delayed`, `running`), from the store at most every few seconds.
     pub(crate) backlog_tasks: IntGaugeVec,
     /// Age of the oldest due task (no labels; a vector so a failed refresh can omit it).
@@ -81,6 +85,17 @@ impl Metrics {
             "Requests of this API process waiting for a task to be final (GET /tasks/{id}?wait_secs=)",
         )?;
         registry.register(Box::new(task_waiters.clone()))?;
+        let event_streams = IntGauge::new(
+            "bgagent_api_event_streams",
+            "GET /events streams open on this API process",
+        )?;
+        registry.register(Box::new(event_streams.clone()))?;
+        let events_dropped = IntCounter::new(
+            "bgagent_events_dropped_total",
+            "Task status events this process dropped instead of publishing (buffer full or queue \
+             unreachable); clients resuming a stream are told to re-read",
+        )?;
+        registry.register(Box::new(events_dropped.clone()))?;
         let workers_live = IntGauge::new(
             "bgagent_workers_live",
             "Workers that sent a heartbeat in the last 30 seconds",
@@ -125,6 +140,8 @@ impl Metrics {
             fleet_paused,
             workers_live,
             task_waiters,
+            event_streams,
+            events_dropped,
             backlog_tasks,
             oldest_due_age,
             backlog_refreshed: Arc::default(),

@@ -20,6 +20,7 @@ use crate::routes::{agents, control, health, tasks, workers};
     paths(
         tasks::enqueue, tasks::list_tasks, tasks::get_task, tasks::cancel_task, tasks::list_processed,
         crate::routes::retry::retry_task, crate::routes::retry::retry_all,
+        crate::routes::events::events,
         agents::register, agents::unregister, agents::list_agents,
         control::stop, control::start, workers::list_workers,
         health::health, health::ready, crate::routes::metrics::serve, openapi_json,

@@ -34,6 +34,8 @@ pub struct AppContext {
     pub waits: crate::wait::Waits,
     /// The dashboard's session settings and sign-in rate limit.
     pub ui: crate::ui::UiSettings,
+    /// The task event fan-in of `GET /events`.
+    pub events: crate::events::EventHub,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::config::{BrokerConfig, DatabaseConfig};
+use crate::events::{EventPublisher, EventingStore};
 use crate::queue::TaskQueue;
 use crate::queue::local::LocalQueue;
 use crate::queue::rabbit::RabbitQueue;
@@ -17,8 +18,16 @@ use crate::store::sqlite::SqliteStore;
 pub struct Engine {
     /// Rows: the truth.
     pub store: Arc<dyn TaskStore>,
-    /// Messages: "look at these ids".
+    /// Messages: "look at these ids", and task status events.
     pub queue: Arc<dyn TaskQueue>,
+}
+
+/// The store wrapped so that every status change it makes is announced on `queue`.
+fn announcing(store: Arc<dyn TaskStore>, queue: &Arc<dyn TaskQueue>) -> Arc<dyn TaskStore> {
+    Arc::new(EventingStore::new(
+        store,
+        EventPublisher::start(queue.clone()),
+    ))
 }
 
 impl Engine {
@@ -31,13 +40,14 @@ impl Engine {
         name: &str,
         heartbeat_secs: u16,
     ) -> Result<Self> {
+        let queue: Arc<dyn TaskQueue> = Arc::new(RabbitQueue::new(
+            broker,
+            &format!("{name}/publish"),
+            heartbeat_secs,
+        )?);
         Ok(Self {
-            store: Arc::new(PgStore::connect_lazy(database, name)?),
-            queue: Arc::new(RabbitQueue::new(
-                broker,
-                &format!("{name}/publish"),
-                heartbeat_secs,
-            )?),
+            store: announcing(Arc::new(PgStore::connect_lazy(database, name)?), &queue),
+            queue,
         })
     }
 
@@ -45,9 +55,10 @@ impl Engine {
     /// in-process queue. One process owns a data dir at a time.
     pub async fn embedded(data_dir: &Path) -> Result<Self> {
         let store = SqliteStore::open(data_dir).await?;
+        let queue: Arc<dyn TaskQueue> = Arc::new(LocalQueue::new());
         Ok(Self {
-            store: Arc::new(store),
-            queue: Arc::new(LocalQueue::new()),
+            store: announcing(Arc::new(store), &queue),
+            queue,
         })
     }
 

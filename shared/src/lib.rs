@@ -11,6 +11,7 @@ pub mod domain;
 pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod gather;
 pub mod labels;
 pub mod queue;

@@ -272,6 +272,7 @@ impl TestEnv {
             enqueue_loops: 4,
             ui_session_ttl: Duration::from_secs(12 * 3600),
             ui_secure_cookie: false,
+            max_event_streams: 1000,
         }
     }
 
@@ -517,6 +518,21 @@ impl TestEnv {
         match &self.embedded {
             Some(engine) => TestApi::spawn_on(config, engine.clone()).await,
             None => TestApi::spawn(config).await,
+        }
+    }
+
+    /// The queue this test's processes exchange task events on (to publish events directly).
+    pub fn event_queue(&self) -> Arc<dyn bgagent_shared::queue::TaskQueue> {
+        match &self.embedded {
+            Some(engine) => engine.queue.clone(),
+            None => Arc::new(
+                bgagent_shared::queue::rabbit::RabbitQueue::new(
+                    &self.broker_config(),
+                    "bgagent-test/publish",
+                    0,
+                )
+                .expect("queue"),
+            ),
         }
     }
 

@@ -13,6 +13,7 @@ mod cli;
 mod common;
 mod dead_letters;
 mod egress;
+mod events;
 mod fake_agent;
 mod hardening;
 mod hostile;

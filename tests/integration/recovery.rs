@@ -110,7 +110,9 @@ both_engines! {
             .unwrap();
         assert_eq!(claimed.len(), 1);
         let released = env.store.release("w-stopping", &[(id, 1)]).await.unwrap();
-        assert_eq!(released, 1);
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].status, bgagent_shared::domain::TaskStatus::Queued);
+        assert_eq!(released[0].attempts, 0, "the interrupted attempt is not counted");
 
         let marked = env.store.mark_published(&[id]).await.unwrap();
         assert_eq!(marked, 0, "a claimed task's first message is spent");

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod error;
+pub mod event;
 pub mod fleet;
 pub mod limits;
 pub mod retry;
@@ -18,6 +19,7 @@ pub mod task;
 
 pub use agent::{Agent, AgentList, RegisterRequest, UnregisterRequest, Unregistered};
 pub use error::{ErrorBody, ErrorDetail};
+pub use event::TaskEvent;
 pub use fleet::{Health, PausedState, WorkerInfo, WorkerList};
 pub use limits::*;
 pub use retry::{RetryAllRequest, RetryAllResult, RetryableStatus};

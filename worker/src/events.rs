@@ -54,7 +54,10 @@ async fn fail_dead_lettered(shared: &Shared, task_id: Uuid, reason: &str) {
     })
     .await
     .flatten();
-    if let Some((agent, attempts)) = failed {
+    if let Some(bgagent_shared::domain::TaskEvent {
+        agent, attempts, ..
+    }) = failed
+    {
         tracing::warn!(task_id = %task_id, agent, attempts, reason, "task failed: its message was dead-lettered");
         shared
             .metrics

@@ -114,6 +114,15 @@ async fn sample_system_gauges(state: &AppState) {
         .metrics
         .task_waiters
         .set(i64::try_from(state.waits.waiting()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .event_streams
+        .set(i64::try_from(state.events.open_streams()).unwrap_or(i64::MAX));
+    let dropped = bgagent_shared::events::dropped_total();
+    let counted = state.metrics.events_dropped.get();
+    if dropped > counted {
+        state.metrics.events_dropped.inc_by(dropped - counted);
+    }
     let timeout = Duration::from_secs(1);
     let (depths, paused, live, ()) = tokio::join!(
         tokio::time::timeout(timeout, state.queue.depths()),

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod control;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod retry;

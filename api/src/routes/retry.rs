@@ -127,7 +127,7 @@ pub async fn retry_matching(
             break;
         }
         let want = left.min(RETRY_BATCH);
-        let done = state.store.retry_batch(filter, want).await?;
+        let done = state.store.retry_batch(filter, want).await?.len() as u64;
         retried += done;
         if i64::try_from(done).unwrap_or(0) < want {
             break;

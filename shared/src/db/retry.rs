@@ -4,7 +4,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::rows::TaskRow;
-use crate::domain::{Task, TaskStatus};
+use crate::domain::{Task, TaskEvent, TaskStatus};
 use crate::store::{RetryFilter, RetryOutcome};
 use crate::{Error, Result, task_columns};
 
@@ -69,18 +69,23 @@ pub const RETRY_BATCH: &str = concat!(
          order by finished_at
          limit $4
          for update skip locked))
-       and status in ('failed', 'cancelled')"
+       and status in ('failed', 'cancelled')
+     returning id, agent, attempts, updated_at"
 );
 
-/// Queue again up to `limit` tasks matching `filter`; returns how many.
-pub async fn retry_batch(db: impl PgExecutor<'_>, filter: &RetryFilter, limit: i64) -> Result<u64> {
+/// Queue again up to `limit` tasks matching `filter`; returns them as they are now.
+pub async fn retry_batch(
+    db: impl PgExecutor<'_>,
+    filter: &RetryFilter,
+    limit: i64,
+) -> Result<Vec<TaskEvent>> {
     require_retryable(filter.status)?;
-    let done = sqlx::query(RETRY_BATCH)
+    let done = sqlx::query_as(RETRY_BATCH)
         .bind(filter.status.as_str())
         .bind(filter.agent.as_deref())
         .bind(filter.finished_after)
         .bind(limit)
-        .execute(db)
+        .fetch_all(db)
         .await?;
-    Ok(done.rows_affected())
+    Ok(super::runs::events(done, TaskStatus::Queued))
 }

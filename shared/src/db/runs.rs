@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::rows::{self, TaskRow};
 use crate::Result;
-use crate::domain::Task;
+use crate::domain::{Task, TaskEvent, TaskStatus};
 
 /// Claim queued, due tasks for `worker_id` in one statement. Ids that are not claimable (finished,
 /// cancelled, held by another worker, not yet due) are simply absent from the result: a duplicate
@@ -49,6 +49,8 @@ pub struct Recorded {
     pub attempt: i32,
     /// Error written.
     pub error: Option<String>,
+    /// When the row changed.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Record many attempt outcomes in one statement. Each update is fenced on the claimed attempt
@@ -103,7 +105,7 @@ pub async fn record(
                        case when t.cancel_requested then 'cancelled' else i.outcome end as outcome,
                        case when t.cancel_requested then 'cancelled by request' else i.error end
                            as error,
-                       i.started
+                       i.started, t.updated_at
          ),
          attempts as (
              insert into task_attempts (task_id, attempt, agent, worker_id, outcome, error, started_at)
@@ -111,7 +113,8 @@ pub async fn record(
              on conflict (task_id, attempt) do update set
                  outcome = excluded.outcome, error = excluded.error, finished_at = now()
          )
-         select id as task_id, agent, status, outcome, attempts as attempt, error from updated",
+         select id as task_id, agent, status, outcome, attempts as attempt, error, updated_at
+         from updated",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -127,28 +130,29 @@ pub async fn record(
 }
 
 /// Hand back tasks a stopping worker could not finish: queued again, due now, unpublished, and the
-/// interrupted attempt not counted. Fenced like [`record`].
+/// interrupted attempt not counted. Fenced like [`record`]. Returns the tasks handed back.
 pub async fn release(
     db: impl PgExecutor<'_>,
     worker_id: &str,
     tasks: &[(Uuid, i32)],
-) -> Result<u64> {
+) -> Result<Vec<TaskEvent>> {
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
     let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
-    let done = sqlx::query(
+    let done: Vec<(Uuid, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "update tasks t set status = 'queued', attempts = t.attempts - 1, run_at = now(),
                 published_at = null, lease_until = null, updated_at = now(),
                 last_error = 'interrupted by worker shutdown'
          from unnest($1::uuid[], $2::int[]) as i(id, attempt)
          where t.id = any($1) and t.id = i.id
-           and (t.attempts = i.attempt and t.status = 'running' and t.worker_id = $3) is true",
+           and (t.attempts = i.attempt and t.status = 'running' and t.worker_id = $3) is true
+         returning t.id, t.agent, t.attempts, t.updated_at",
     )
     .bind(&ids)
     .bind(&attempts)
     .bind(worker_id)
-    .execute(db)
+    .fetch_all(db)
     .await?;
-    Ok(done.rows_affected())
+    Ok(events(done, TaskStatus::Queued))
 }
 
 /// Extend the leases of `held`, the tasks this worker process claimed and has not recorded yet;
@@ -238,6 +242,8 @@ pub struct Reaped {
     pub status: String,
     /// Attempts used.
     pub attempts: i32,
+    /// When the row changed.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Return to the queue the running tasks whose holder broke its promise: the lease it took and
@@ -281,7 +287,8 @@ pub async fn reap(
                                     then now() end,
                  run_at = now(), published_at = null, lease_until = null, updated_at = now()
              from lost where t.id = lost.id
-             returning t.id, t.agent, t.status, t.attempts, t.worker_id, t.started_at, t.last_error
+             returning t.id, t.agent, t.status, t.attempts, t.worker_id, t.started_at, t.last_error,
+                       t.updated_at
          ),
          attempts as (
              insert into task_attempts (task_id, attempt, agent, worker_id, outcome, error, started_at)
@@ -291,7 +298,7 @@ pub async fn reap(
              from updated
              on conflict (task_id, attempt) do nothing
          )
-         select id as task_id, agent, status, attempts from updated",
+         select id as task_id, agent, status, attempts, updated_at from updated",
     )
     .bind(last_attempt_grace_secs)
     .bind(run_before)
@@ -300,24 +307,45 @@ pub async fn reap(
 }
 
 /// Fail a task whose message the broker dead-lettered (delivered too often without completing).
-/// Returns its agent and attempts when the task changed.
+/// Returns the task as it is now when it changed.
 pub async fn fail_dead_lettered(
     db: impl PgExecutor<'_>,
     id: Uuid,
     reason: &str,
-) -> Result<Option<(String, i32)>> {
-    Ok(sqlx::query_as(
+) -> Result<Option<TaskEvent>> {
+    let failed: Option<(Uuid, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "update tasks set status = 'failed', finished_at = now(), lease_until = null,
                 updated_at = now(),
                 last_error = 'message dead-lettered by the broker (' || $2 || '): it was \
                               delivered too many times without completing'
          where id = $1 and status in ('queued', 'running')
-         returning agent, attempts",
+         returning id, agent, attempts, updated_at",
     )
     .bind(id)
     .bind(reason)
     .fetch_optional(db)
-    .await?)
+    .await?;
+    Ok(failed.into_iter().map(event(TaskStatus::Failed)).next())
+}
+
+/// The events of rows `(id, agent, attempts, updated_at)` now in `status`.
+pub(crate) fn events(
+    rows: Vec<(Uuid, String, i32, chrono::DateTime<chrono::Utc>)>,
+    status: TaskStatus,
+) -> Vec<TaskEvent> {
+    rows.into_iter().map(event(status)).collect()
+}
+
+fn event(
+    status: TaskStatus,
+) -> impl Fn((Uuid, String, i32, chrono::DateTime<chrono::Utc>)) -> TaskEvent {
+    move |(id, agent, attempts, updated_at)| TaskEvent {
+        id,
+        agent,
+        status,
+        attempts,
+        updated_at,
+    }
 }
 
 /// Key of the advisory lock that lets one worker at a time check whether the broker lost tasks.

@@ -10,7 +10,7 @@ mod validate;
 pub use bgagent_types::{
     Agent, Attempt, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECS, EnqueueRequest, MAX_ATTEMPTS_LIMIT,
     MAX_COMMAND_BYTES, MAX_DELAY_SECS, MAX_ENDPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_META_BYTES, MAX_TIMEOUT_SECS, ParseStatusError, Task, TaskStatus, WorkerInfo,
+    MAX_META_BYTES, MAX_TIMEOUT_SECS, ParseStatusError, Task, TaskEvent, TaskStatus, WorkerInfo,
 };
 pub use new_task::NewTask;
 pub use validate::{

@@ -10,19 +10,23 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    ConsumerSpec, ControlMessage, DeadCopy, Delivery, LossDetection, MAX_TASKS_PER_MESSAGE,
-    OpenSession, QueueDepths, QueueEvent, Receipt, Settle, TaskQueue,
+    ConsumerSpec, ControlMessage, DeadCopy, Delivery, EventFeed, LossDetection,
+    MAX_TASKS_PER_MESSAGE, OpenSession, QueueDepths, QueueEvent, Receipt, Settle, TaskQueue,
 };
 use crate::Result;
+use crate::domain::TaskEvent;
 
 /// Dead copies kept for `depths` and operators; older ones are dropped (the rows say `failed`).
 const DEAD_KEPT: usize = 1000;
 /// Control messages a slow listener may fall behind by before it misses some (the heartbeat
 /// reconciles the paused state anyway).
 const CONTROL_BACKLOG: usize = 256;
+/// Event batches a slow subscriber may fall behind by before it misses some (and is told so).
+const EVENT_BACKLOG: usize = 1024;
 
 /// An in-process task queue; cheap to clone.
 #[derive(Clone)]
@@ -36,6 +40,8 @@ struct Inner {
     receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<Uuid>>>,
     ready: AtomicUsize,
     control: broadcast::Sender<ControlMessage>,
+    /// Task status events, to every subscriber of the process.
+    events: broadcast::Sender<Arc<Vec<TaskEvent>>>,
     dead: Mutex<VecDeque<DeadCopy>>,
     next_delivery: AtomicU64,
 }
@@ -49,6 +55,7 @@ impl Default for LocalQueue {
                 receiver: tokio::sync::Mutex::new(receiver),
                 ready: AtomicUsize::new(0),
                 control: broadcast::channel(CONTROL_BACKLOG).0,
+                events: broadcast::channel(EVENT_BACKLOG).0,
                 dead: Mutex::new(VecDeque::new()),
                 next_delivery: AtomicU64::new(0),
             }),
@@ -191,6 +198,30 @@ impl TaskQueue for LocalQueue {
                 && requeue
             {
                 self.push(message);
+            }
+        }
+    }
+
+    async fn publish_events(&self, events: &[TaskEvent]) -> Result<()> {
+        // No subscriber (no API in the process) is not an error: nobody is watching.
+        let _ = self.inner.events.send(Arc::new(events.to_vec()));
+        Ok(())
+    }
+
+    async fn subscribe_events(&self, feed: mpsc::Sender<EventFeed>, stopping: CancellationToken) {
+        let mut events = self.inner.events.subscribe();
+        loop {
+            let item = tokio::select! {
+                () = stopping.cancelled() => return,
+                () = feed.closed() => return,
+                received = events.recv() => match received {
+                    Ok(batch) => EventFeed::Events(batch.as_ref().clone()),
+                    Err(broadcast::error::RecvError::Lagged(_)) => EventFeed::Gap,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if feed.send(item).await.is_err() {
+                return;
             }
         }
     }

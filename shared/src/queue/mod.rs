@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::domain::TaskEvent;
 
 /// Most task ids one message may carry.
 pub const MAX_TASKS_PER_MESSAGE: usize = 256;
@@ -141,6 +142,16 @@ pub struct DeadCopy {
     pub error: String,
 }
 
+/// What an event subscription delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventFeed {
+    /// One published batch of status events.
+    Events(Vec<TaskEvent>),
+    /// Events may have been missed (the subscription reconnected, or fell behind): whoever
+    /// keeps state from events must re-read it from the store.
+    Gap,
+}
+
 /// A consumer session that ended on shutdown but keeps its connection for the last settles.
 #[async_trait]
 pub trait OpenSession: Send {
@@ -167,6 +178,14 @@ pub trait TaskQueue: Send + Sync + 'static {
     async fn consume(&self, spec: ConsumerSpec) -> Option<Box<dyn OpenSession>>;
     /// Settle deliveries (acks are coalesced where the engine can).
     async fn settle(&self, settles: Vec<Settle>);
+    /// Send one batch of task status events to every subscriber, as one message: fire and
+    /// forget (no confirm, not persistent), so it may be lost.
+    async fn publish_events(&self, events: &[TaskEvent]) -> Result<()>;
+    /// Deliver every process's status events to `feed` until `stopping` (or until `feed` is
+    /// closed), reconnecting as needed; a [`EventFeed::Gap`] marks where events may be missing.
+    /// The subscription holds a bounded backlog: a subscriber that falls far behind loses the
+    /// oldest events rather than growing memory or the broker.
+    async fn subscribe_events(&self, feed: mpsc::Sender<EventFeed>, stopping: CancellationToken);
     /// Detection of lost messages, for a queue that can lose them behind the store's back
     /// (None: the queue is rebuilt from the rows and cannot).
     fn loss_detection(&self) -> Option<&dyn LossDetection>;

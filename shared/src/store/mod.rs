@@ -15,7 +15,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::Result;
-use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
+use crate::domain::{Agent, Attempt, NewTask, Task, TaskEvent, TaskStatus, WorkerInfo};
 
 /// Workers whose heartbeat is newer than this count as live.
 pub const LIVE_WINDOW: Duration = Duration::from_secs(30);
@@ -156,6 +156,8 @@ pub struct Recorded {
     pub attempt: i32,
     /// Error written.
     pub error: Option<String>,
+    /// When the row changed (store time).
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A running task whose worker is gone, as the reaper handled it.
@@ -169,6 +171,8 @@ pub struct Reaped {
     pub status: TaskStatus,
     /// Attempts used.
     pub attempts: i32,
+    /// When the row changed (store time).
+    pub updated_at: DateTime<Utc>,
 }
 
 /// One heartbeat of a worker.
@@ -318,8 +322,8 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn retry(&self, id: Uuid) -> Result<RetryOutcome>;
     /// Queue again up to `limit` tasks that match `filter`, oldest finished first, as
     /// [`TaskStore::retry`] does; rows in use elsewhere are skipped. Returns how many; call again
-    /// until fewer than `limit` come back.
-    async fn retry_batch(&self, filter: &RetryFilter, limit: i64) -> Result<u64>;
+    /// until fewer than `limit` come back. Each retried task comes back as it is now.
+    async fn retry_batch(&self, filter: &RetryFilter, limit: i64) -> Result<Vec<TaskEvent>>;
     /// Attempt records newest first, one page.
     async fn attempts(&self, before: Option<i64>, limit: i64) -> Result<Vec<Attempt>>;
 
@@ -353,8 +357,9 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn claim(&self, ids: &[Uuid], worker_id: &str, lease: Duration) -> Result<Vec<Task>>;
     /// Record attempt outcomes, each fenced on its claimed attempt and worker.
     async fn record(&self, worker_id: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>>;
-    /// Hand back tasks a stopping worker could not finish (the attempt is not counted).
-    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<u64>;
+    /// Hand back tasks a stopping worker could not finish (the attempt is not counted); the
+    /// tasks handed back, as they are now.
+    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<Vec<TaskEvent>>;
     /// Extend the leases of the tasks this worker holds; returns those whose cancel was requested.
     async fn renew_leases(
         &self,
@@ -369,8 +374,8 @@ pub trait TaskStore: Send + Sync + 'static {
         last_attempt_grace: Duration,
         run_before: DateTime<Utc>,
     ) -> Result<Vec<Reaped>>;
-    /// Fail a task whose message the queue dead-lettered; its agent and attempts when it changed.
-    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<(String, i32)>>;
+    /// Fail a task whose message the queue dead-lettered; the task as it is now when it changed.
+    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<TaskEvent>>;
     /// Make queued tasks unpublished, so the relay publishes each in a message of its own.
     async fn unpublish_queued(&self, ids: &[Uuid]) -> Result<u64>;
 

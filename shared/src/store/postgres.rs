@@ -15,7 +15,7 @@ use super::{
 };
 use crate::config::DatabaseConfig;
 use crate::db;
-use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
+use crate::domain::{Agent, Attempt, NewTask, Task, TaskEvent, TaskStatus, WorkerInfo};
 use crate::{Error, Result};
 
 /// Task store on PostgreSQL.
@@ -122,7 +122,7 @@ impl TaskStore for PgStore {
         db::retry::retry(&self.pool, id).await
     }
 
-    async fn retry_batch(&self, filter: &RetryFilter, limit: i64) -> Result<u64> {
+    async fn retry_batch(&self, filter: &RetryFilter, limit: i64) -> Result<Vec<TaskEvent>> {
         db::retry::retry_batch(&self.pool, filter, limit).await
     }
 
@@ -201,12 +201,13 @@ impl TaskStore for PgStore {
                     agent: row.agent,
                     attempt: row.attempt,
                     error: row.error,
+                    updated_at: row.updated_at,
                 })
             })
             .collect()
     }
 
-    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<u64> {
+    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<Vec<TaskEvent>> {
         db::runs::release(&self.pool, worker_id, tasks).await
     }
 
@@ -233,12 +234,13 @@ impl TaskStore for PgStore {
                     task_id: row.task_id,
                     agent: row.agent,
                     attempts: row.attempts,
+                    updated_at: row.updated_at,
                 })
             })
             .collect()
     }
 
-    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<(String, i32)>> {
+    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<TaskEvent>> {
         db::runs::fail_dead_lettered(&self.pool, id, reason).await
     }
 

@@ -4,10 +4,12 @@
 //! several deployments (or tests) share one broker.
 
 mod acks;
+mod events;
 mod publisher;
 mod session;
 mod topology;
 
+pub use events::EVENT_QUEUE_MAX_LENGTH;
 pub use publisher::{Publisher, connect};
 pub use topology::{Topology, declare};
 
@@ -18,11 +20,14 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    ConsumerSpec, ControlMessage, DeadCopy, LossDetection, MAX_TASKS_PER_MESSAGE, OpenSession,
-    QueueDepths, Settle, TaskQueue,
+    ConsumerSpec, ControlMessage, DeadCopy, EventFeed, LossDetection, MAX_TASKS_PER_MESSAGE,
+    OpenSession, QueueDepths, Settle, TaskQueue,
 };
 use crate::Result;
 use crate::config::BrokerConfig;
+use crate::domain::TaskEvent;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Routing key of task messages on the tasks exchange.
 pub const TASK_ROUTING_KEY: &str = "task";
@@ -76,6 +81,8 @@ pub struct RabbitQueue {
     publisher: Publisher,
     /// For consumer sessions: the URL with the AMQP heartbeat set.
     consumer_url: String,
+    /// Names this process's connections (`bgagent-api@host`).
+    name: String,
 }
 
 impl RabbitQueue {
@@ -86,6 +93,7 @@ impl RabbitQueue {
         Ok(Self {
             publisher: Publisher::new(config, connection_name)?,
             consumer_url: with_heartbeat(config.url()?, heartbeat_secs),
+            name: connection_name.trim_end_matches("/publish").to_owned(),
         })
     }
 
@@ -165,6 +173,15 @@ impl TaskQueue for RabbitQueue {
 
     async fn settle(&self, settles: Vec<Settle>) {
         acks::settle(&self.publisher, settles).await;
+    }
+
+    async fn publish_events(&self, events: &[TaskEvent]) -> Result<()> {
+        let body = serde_json::to_vec(events).map_err(|e| crate::Error::Broker(e.to_string()))?;
+        self.publisher.publish_events(&body).await
+    }
+
+    async fn subscribe_events(&self, feed: mpsc::Sender<EventFeed>, stopping: CancellationToken) {
+        events::subscribe(self, feed, stopping).await;
     }
 
     fn loss_detection(&self) -> Option<&dyn LossDetection> {

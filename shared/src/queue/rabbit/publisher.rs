@@ -51,8 +51,11 @@ struct Inner {
     tasks_exchange: String,
     control_exchange: String,
     dead_exchange: String,
+    events_exchange: String,
     confirm_timeout: Duration,
     state: Mutex<State>,
+    /// A channel without confirms for task events (fire and forget).
+    events_channel: Mutex<Option<Channel>>,
 }
 
 #[derive(Default)]
@@ -98,9 +101,11 @@ impl Publisher {
                 tasks_exchange: topology.tasks_exchange(),
                 control_exchange: topology.control_exchange(),
                 dead_exchange: topology.dead_letter_exchange(),
+                events_exchange: topology.events_exchange(),
                 topology,
                 confirm_timeout: Duration::from_secs(5),
                 state: Mutex::new(State::default()),
+                events_channel: Mutex::new(None),
             }),
         })
     }
@@ -306,6 +311,47 @@ impl Publisher {
             .map_err(|e| Error::Broker(e.to_string()))?;
         self.publish_one("", &self.inner.topology.epoch_queue(), &body, props)
             .await
+    }
+
+    /// Publish one batch of task events (a JSON array) to the events exchange: transient, not
+    /// mandatory, no confirm. The connection and its back-off are shared with the confirmed
+    /// publishes, so an unreachable broker fails this fast too.
+    pub async fn publish_events(&self, body: &[u8]) -> Result<()> {
+        let channel = {
+            let mut cached = self.inner.events_channel.lock().await;
+            match cached.as_ref().filter(|ch| ch.status().connected()) {
+                Some(ch) => ch.clone(),
+                None => {
+                    // Connects and declares the topology (with the back-off) when needed.
+                    self.channel().await?;
+                    let conn = self
+                        .inner
+                        .pool
+                        .get()
+                        .await
+                        .map_err(|e| Error::Broker(format!("connect: {e}")))?;
+                    let ch = conn.create_channel().await?;
+                    *cached = Some(ch.clone());
+                    ch
+                }
+            }
+        };
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        let send = channel.basic_publish(
+            self.inner.events_exchange.as_str().into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        );
+        let sent = match tokio::time::timeout(SEND_TIMEOUT, send).await {
+            Ok(sent) => sent.map(drop).map_err(Error::from),
+            Err(_) => Err(Error::Broker("publish timed out".into())),
+        };
+        if sent.is_err() {
+            *self.inner.events_channel.lock().await = None;
+        }
+        sent
     }
 
     /// Publish a control message to every worker.

@@ -67,17 +67,24 @@ impl Topology {
         format!("{}.control", self.prefix)
     }
 
+    /// Fanout exchange of task status events; each API process binds its own exclusive,
+    /// auto-delete, length-bounded queue to it.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
     /// A worker's own control queue.
     pub fn control_queue(&self, worker_id: &str) -> String {
         format!("{}.control.{worker_id}", self.prefix)
     }
 
     /// Every exchange, for clean-up.
-    pub fn exchanges(&self) -> [String; 3] {
+    pub fn exchanges(&self) -> [String; 4] {
         [
             self.tasks_exchange(),
             self.dead_letter_exchange(),
             self.control_exchange(),
+            self.events_exchange(),
         ]
     }
 
@@ -210,6 +217,16 @@ pub async fn declare(conn: &Connection, topology: &Topology) -> Result<()> {
     channel
         .exchange_declare(
             topology.control_exchange().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    // Events are transient and may be lost; the exchange itself is durable like the others, so
+    // publishers never find it missing after a broker restart.
+    channel
+        .exchange_declare(
+            topology.events_exchange().into(),
             ExchangeKind::Fanout,
             durable_exchange(),
             FieldTable::default(),

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::domain::{Agent, Attempt, NewTask, Task, TaskStatus, WorkerInfo};
+use crate::domain::{Agent, Attempt, NewTask, Task, TaskEvent, TaskStatus, WorkerInfo};
 use crate::store::{
     AgentOutcomes, AttemptRecord, Backlog, CancelOutcome, DueBatch, Exclusive, Heartbeat, Inserted,
     LockGuard, Overview, Pruned, Reaped, Recorded, TaskFilter, TaskStore, UiSession,
@@ -331,7 +331,11 @@ impl TaskStore for SqliteStore {
         self.retry_task(id).await
     }
 
-    async fn retry_batch(&self, filter: &crate::store::RetryFilter, limit: i64) -> Result<u64> {
+    async fn retry_batch(
+        &self,
+        filter: &crate::store::RetryFilter,
+        limit: i64,
+    ) -> Result<Vec<TaskEvent>> {
         self.retry_task_rows(filter, limit).await
     }
 
@@ -395,7 +399,7 @@ impl TaskStore for SqliteStore {
         self.record_attempts(worker_id, records).await
     }
 
-    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<u64> {
+    async fn release(&self, worker_id: &str, tasks: &[(Uuid, i32)]) -> Result<Vec<TaskEvent>> {
         self.release_tasks(worker_id, tasks).await
     }
 
@@ -416,7 +420,7 @@ impl TaskStore for SqliteStore {
         self.reap_lost(last_attempt_grace, run_before).await
     }
 
-    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<(String, i32)>> {
+    async fn fail_dead_lettered(&self, id: Uuid, reason: &str) -> Result<Option<TaskEvent>> {
         self.fail_dead_letter(id, reason).await
     }
 

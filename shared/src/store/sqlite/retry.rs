@@ -8,6 +8,7 @@ use super::rows::{self, task_columns};
 use super::tasks::select_task;
 use crate::Result;
 use crate::db::retry::require_retryable;
+use crate::domain::{TaskEvent, TaskStatus};
 use crate::store::{RetryFilter, RetryOutcome};
 
 /// The `set` list of a retry; `?1` is the store's time now.
@@ -48,7 +49,11 @@ impl SqliteStore {
 
     /// Queue again up to `limit` tasks matching `filter`, oldest finished first (one writer, so
     /// no row is in use elsewhere).
-    pub(super) async fn retry_task_rows(&self, filter: &RetryFilter, limit: i64) -> Result<u64> {
+    pub(super) async fn retry_task_rows(
+        &self,
+        filter: &RetryFilter,
+        limit: i64,
+    ) -> Result<Vec<TaskEvent>> {
         require_retryable(filter.status)?;
         let mut conn = self.writer().await?;
         let done = sqlx::query(concat!(
@@ -60,7 +65,8 @@ impl SqliteStore {
                    and (?3 is null or agent = ?3)
                    and (?4 is null or finished_at > ?4)
                  order by finished_at
-                 limit ?5)"
+                 limit ?5)
+             returning id, agent, attempts, updated_at"
         ))
         .bind(rows::now())
         .bind(filter.status.as_str())
@@ -71,8 +77,9 @@ impl SqliteStore {
                 .map(|t: DateTime<Utc>| t.timestamp_micros()),
         )
         .bind(limit)
-        .execute(&mut *conn)
+        .try_map(|row| rows::event(&row, TaskStatus::Queued))
+        .fetch_all(&mut *conn)
         .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 }

@@ -83,7 +83,7 @@ fn to_time(column: &str, micros: i64) -> Result<DateTime<Utc>, sqlx::Error> {
     })
 }
 
-fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+pub(super) fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
     to_time(column, row.try_get(column)?)
 }
 
@@ -91,6 +91,20 @@ fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx
     row.try_get::<Option<i64>, _>(column)?
         .map(|micros| to_time(column, micros))
         .transpose()
+}
+
+/// The event of a row returning `id, agent, attempts, updated_at`, now in `status`.
+pub(super) fn event(
+    row: &SqliteRow,
+    status: TaskStatus,
+) -> Result<crate::domain::TaskEvent, sqlx::Error> {
+    Ok(crate::domain::TaskEvent {
+        id: row.try_get("id")?,
+        agent: row.try_get("agent")?,
+        status,
+        attempts: row.try_get("attempts")?,
+        updated_at: time(row, "updated_at")?,
+    })
 }
 
 /// A JSON column; text that is not valid JSON reads back as a JSON string of that text.

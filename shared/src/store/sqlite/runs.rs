@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::SqliteStore;
 use super::rows::{self, task_columns};
 use crate::Result;
-use crate::domain::{Task, TaskStatus};
+use crate::domain::{Task, TaskEvent, TaskStatus};
 use crate::store::{AttemptOutcome, AttemptRecord, DueBatch, Reaped, Recorded};
 
 const CANCELLED_BY_REQUEST: &str = "cancelled by request";
@@ -51,7 +51,7 @@ pub(super) const RECORD: &str = "\
           from json_each(?1)) as i
     where tasks.id = i.in_id and tasks.attempts = i.in_attempt
       and tasks.worker_id = ?2 and +tasks.status in ('running', 'queued', 'failed')
-    returning id, agent, status, attempts, cancel_requested";
+    returning id, agent, status, attempts, cancel_requested, updated_at";
 
 /// The attempt records of a [`RECORD`]; a record of the same attempt (the reaper's) is replaced.
 pub(super) const RECORD_ATTEMPTS: &str = "\
@@ -72,7 +72,8 @@ pub(super) const RELEASE: &str = "\
     from (select unhex(value ->> 0) as in_id, value ->> 1 as in_attempt
           from json_each(?1)) as i
     where tasks.id = i.in_id and tasks.attempts = i.in_attempt
-      and +tasks.status = 'running' and tasks.worker_id = ?2";
+      and +tasks.status = 'running' and tasks.worker_id = ?2
+    returning id, agent, attempts, updated_at";
 
 /// Extend the leases of the batch's ids this worker runs.
 pub(super) const RENEW: &str = "\
@@ -101,7 +102,7 @@ pub(super) const REAP: &str = "\
                or w.id is null or w.stopped_at is not null
                or w.started_at > t.started_at
                or t.started_at + t.timeout_secs * 1000000 + ?2 < ?1))
-    returning id, agent, status, attempts, worker_id, started_at, last_error";
+    returning id, agent, status, attempts, worker_id, started_at, last_error, updated_at";
 
 /// The attempt records of a [`REAP`]; a record the holder wrote first is kept.
 pub(super) const REAP_ATTEMPTS: &str = "\
@@ -220,6 +221,7 @@ impl SqliteStore {
                 outcome,
                 attempt,
                 error,
+                updated_at: rows::time(&row, "updated_at")?,
             });
         }
         if !attempts.is_empty() {
@@ -240,9 +242,9 @@ impl SqliteStore {
         &self,
         worker_id: &str,
         tasks: &[(Uuid, i32)],
-    ) -> Result<u64> {
+    ) -> Result<Vec<TaskEvent>> {
         if tasks.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let mut conn = self.writer().await?;
         let done = sqlx::query(RELEASE)
@@ -253,9 +255,10 @@ impl SqliteStore {
             ))
             .bind(worker_id)
             .bind(rows::now())
-            .execute(&mut *conn)
+            .try_map(|row| rows::event(&row, TaskStatus::Queued))
+            .fetch_all(&mut *conn)
             .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     /// Extend the leases of `held`, the tasks this worker process claimed and has not recorded;
@@ -335,6 +338,7 @@ impl SqliteStore {
                 agent,
                 status,
                 attempts: count,
+                updated_at: rows::time(&row, "updated_at")?,
             });
         }
         sqlx::query(REAP_ATTEMPTS)
@@ -351,21 +355,22 @@ impl SqliteStore {
         &self,
         id: Uuid,
         reason: &str,
-    ) -> Result<Option<(String, i32)>> {
+    ) -> Result<Option<TaskEvent>> {
         let error = format!(
             "message dead-lettered by the broker ({reason}): it was delivered too many times \
              without completing"
         );
         let mut conn = self.writer().await?;
-        Ok(sqlx::query_as(
+        Ok(sqlx::query(
             "update tasks set status = 'failed', finished_at = ?2, lease_until = null,
                     updated_at = ?2, last_error = ?3
              where id = ?1 and status in ('queued', 'running')
-             returning agent, attempts",
+             returning id, agent, attempts, updated_at",
         )
         .bind(id)
         .bind(rows::now())
         .bind(error)
+        .try_map(|row| rows::event(&row, TaskStatus::Failed))
         .fetch_optional(&mut *conn)
         .await?)
     }
