@@ -291,8 +291,7 @@ fn tasks_body(
                 caption.muted { "Newest first" }
                 (layout::task_table_head(None))
                 @if filters.before.is_none() {
-                    tbody #task-rows hx-get=(rows_url)
-                        hx-trigger="sse:task throttle:1s, sse:task delay:1500ms, sse:reset"
+                    tbody #task-rows hx-get=(rows_url) hx-trigger="sse:task throttle:1s"
                         hx-swap="innerHTML" aria-live="polite" aria-relevant="additions text" {
                         (layout::task_rows(tasks, None))
                     }
@@ -330,7 +329,15 @@ fn tasks_body(
             p.alert role="alert" { (message) }
         }
         @if filters.before.is_none() {
-            div #tasks-live hx-ext="sse" sse-connect=(events) { (table) }
+            div #tasks-live hx-ext="sse" sse-connect=(events) {
+                // The table body refreshes at most once a second while events stream (throttle,
+                // which drops the events in between); this one refreshes it once more after the
+                // last. htmx lets one element handle an event once, so the two triggers live on
+                // two elements.
+                div hidden hx-get=(rows_url) hx-trigger="sse:task delay:1500ms, sse:reset"
+                    hx-target="#task-rows" hx-swap="innerHTML" {}
+                (table)
+            }
         } @else {
             (table)
         }
