@@ -5,6 +5,7 @@ import os
 import uuid
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -19,6 +20,20 @@ def text_of(driver, css):
         "const e = document.querySelector(arguments[0]); return e ? e.textContent.trim() : null;",
         css,
     )
+
+
+def click(driver, css):
+    """Click the element matching `css`. Live updates may replace it between finding and clicking
+    (as a person's click would land on the new one), so a stale element is looked up again."""
+
+    def clicked(d):
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+            return True
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    wait_for(driver, clicked, f"could not click {css}")
 
 
 def mark_page(driver):
@@ -97,7 +112,7 @@ def test_an_enqueued_task_appears_without_reload_and_opens(signed_in, base_url, 
         "row status did not turn succeeded",
     )
     assert page_was_not_reloaded(driver)
-    driver.find_element(By.CSS_SELECTOR, row_css + " a").click()
+    click(driver, row_css + " a")
     wait_for(driver, EC.url_contains(f"/ui/tasks/{task['id']}"), "task page not opened")
     wait_for(driver, lambda d: text_of(d, "#task-status") == "succeeded", "task status")
     assert task["command"] in driver.page_source
@@ -111,7 +126,7 @@ def test_cancel_a_running_task(signed_in, base_url, api):
     # The page follows the task live: queued, then running once a worker claims it.
     wait_for(driver, lambda d: text_of(d, "#task-status") == "running", "never shown running")
     assert page_was_not_reloaded(driver)
-    driver.find_element(By.CSS_SELECTOR, "#cancel button").click()
+    click(driver, "#cancel button")
     wait_for(driver, lambda d: text_of(d, "#task-status") == "cancelled", "not cancelled")
     assert api.wait_final(task["id"])["status"] == "cancelled"
 
@@ -125,7 +140,7 @@ def test_retry_a_failed_task(signed_in, base_url, api):
     wait_for(driver, EC.presence_of_element_located((By.CSS_SELECTOR, row_css)), "not listed")
     driver.get(f"{base_url}/ui/tasks/{task['id']}")
     wait_for(driver, lambda d: text_of(d, "#task-status") == "failed", "not shown failed")
-    driver.find_element(By.CSS_SELECTOR, "#retry button").click()
+    click(driver, "#retry button")
     # `fail` fails again: the retry is the task's second attempt, under the same id.
     wait_for(driver, lambda d: api.task(task["id"])["attempts"] == 2, "retry did not run")
     assert api.wait_final(task["id"])["status"] == "failed"
@@ -140,10 +155,10 @@ def test_pause_and_resume(signed_in, base_url, api):
     try:
         driver.get(base_url + "/ui")
         wait_for(driver, lambda d: text_of(d, "#fleet-state") == "running", "not running")
-        driver.find_element(By.CSS_SELECTOR, "#pause button").click()
+        click(driver, "#pause button")
         wait_for(driver, lambda d: text_of(d, "#fleet-state") == "paused", "not shown paused")
         assert api.paused()
-        driver.find_element(By.CSS_SELECTOR, "#resume button").click()
+        click(driver, "#resume button")
         wait_for(driver, lambda d: text_of(d, "#fleet-state") == "running", "not resumed")
         assert not api.paused()
     finally:
@@ -156,11 +171,15 @@ def test_a_post_without_the_csrf_token_is_refused(signed_in, base_url, api):
     wait_for(driver, EC.presence_of_element_located((By.ID, "pause")), "no pause form")
     assert post_status(driver, "/ui/stop") == 403
     assert post_status(driver, "/ui/stop", "csrf=forged") == 403
-    # The same form with its token removed, submitted by the browser itself.
+    # The same form with its token removed, submitted by the browser itself (in one step, so the
+    # overview's refresh cannot put the token back in between).
     driver.execute_script(
-        "document.querySelectorAll('#pause input[name=csrf]').forEach(e => e.remove());"
+        """
+        const form = document.getElementById('pause');
+        form.querySelectorAll('input[name=csrf]').forEach(e => e.remove());
+        form.requestSubmit();
+        """
     )
-    driver.find_element(By.CSS_SELECTOR, "#pause button").click()
     wait_for(driver, lambda d: not d.find_elements(By.ID, "pause") or "403" in d.title
              or "403" in d.page_source, "no refusal page")
     assert not api.paused()
@@ -168,7 +187,7 @@ def test_a_post_without_the_csrf_token_is_refused(signed_in, base_url, api):
 
 def test_sign_out_ends_the_session(signed_in, base_url):
     driver = signed_in
-    driver.find_element(By.CSS_SELECTOR, "#logout button").click()
+    click(driver, "#logout button")
     wait_for(driver, EC.presence_of_element_located((By.ID, "login")), "not signed out")
     driver.get(base_url + "/ui")
     wait_for(driver, EC.presence_of_element_located((By.ID, "login")), "session still valid")
