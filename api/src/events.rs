@@ -366,7 +366,9 @@ async fn next_event(mut state: StreamState) -> Option<(Result<Event, Infallible>
                 }
             }
             Ok(Item::Reset) => {
-                state.pending.push_back(Event::default().event("reset").data("{}"));
+                state
+                    .pending
+                    .push_back(Event::default().event("reset").data("{}"));
             }
             // Too slow: end the stream rather than buffer for it. The client resumes from the
             // ring (or is told to reset) when it reconnects.
@@ -419,8 +421,14 @@ mod tests {
         let stream = sub.stream(None);
         hub.push(vec![event(4, "b"), event(5, "a")]);
         let got = take(stream, 2).await;
-        assert!(got[0].contains(&format!("{}-3", hub.inner.epoch)), "{got:?}");
-        assert!(got[1].contains(&format!("{}-5", hub.inner.epoch)), "{got:?}");
+        assert!(
+            got[0].contains(&format!("{}-3", hub.inner.epoch)),
+            "{got:?}"
+        );
+        assert!(
+            got[1].contains(&format!("{}-5", hub.inner.epoch)),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

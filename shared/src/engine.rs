@@ -24,7 +24,10 @@ pub struct Engine {
 
 /// The store wrapped so that every status change it makes is announced on `queue`.
 fn announcing(store: Arc<dyn TaskStore>, queue: &Arc<dyn TaskQueue>) -> Arc<dyn TaskStore> {
-    Arc::new(EventingStore::new(store, EventPublisher::start(queue.clone())))
+    Arc::new(EventingStore::new(
+        store,
+        EventPublisher::start(queue.clone()),
+    ))
 }
 
 impl Engine {

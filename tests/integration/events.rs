@@ -113,8 +113,10 @@ impl Stream {
 
     /// Wait for task `id` to reach `status`; returns its event.
     async fn status(&mut self, id: &str, status: &str) -> Frame {
-        self.until(&format!("{id} {status}"), |f| f.task() == Some((id, status)))
-            .await
+        self.until(&format!("{id} {status}"), |f| {
+            f.task() == Some((id, status))
+        })
+        .await
     }
 }
 
@@ -160,7 +162,9 @@ async fn warm_up(env: &TestEnv, stream: &mut Stream) {
     });
     let probe = probe.to_string();
     stream
-        .until("the probe event", |f| f.task().is_some_and(|(id, _)| id == probe))
+        .until("the probe event", |f| {
+            f.task().is_some_and(|(id, _)| id == probe)
+        })
         .await;
     publisher.abort();
 }
@@ -294,7 +298,10 @@ async fn events_follow_a_dead_lettered_task() {
     // Paused: the worker consumes no tasks, but still watches the dead-letter events.
     api.post("/stop", &json!({})).await;
     let _worker = env.spawn_worker(env.worker_options()).await;
-    let id = id_of(&api.enqueue(&json!({"agent": "echo", "command": "poison"})).await);
+    let id = id_of(
+        &api.enqueue(&json!({"agent": "echo", "command": "poison"}))
+            .await,
+    );
     env.nack_until_dead_lettered().await;
     stream.status(&id, "failed").await;
 }
@@ -484,7 +491,10 @@ async fn wait_streams(api: &TestApi, want: i64) {
         if n == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{STREAMS} stuck at {n}, want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "{STREAMS} stuck at {n}, want {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -303,5 +303,11 @@ async fn the_redrive_batch_uses_indexes_on_postgres() {
         }
     }
     assert!(retried > 0);
-    assert!(env.store.retry_batch(&filter, 1000).await.unwrap().is_empty());
+    assert!(
+        env.store
+            .retry_batch(&filter, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

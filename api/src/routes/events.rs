@@ -79,14 +79,14 @@ pub async fn events(
     let slot = state.events.admit().ok_or(ApiError::Unavailable(
         "event stream capacity (BGAGENT_MAX_EVENT_STREAMS)",
     ))?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let task_id = filter.task_id;
     // Subscribed before the snapshot is read, so a change in between is not lost.
     let subscription = state.events.subscribe(slot, filter, last_event_id);
     let snapshot = match task_id {
-        Some(id) if !subscription.resumes() => Some(crate::routes::tasks::find_task(&state, id).await?),
+        Some(id) if !subscription.resumes() => {
+            Some(crate::routes::tasks::find_task(&state, id).await?)
+        }
         _ => None,
     };
     let stream = subscription.stream(snapshot.as_ref());

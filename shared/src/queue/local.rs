@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    ConsumerSpec, ControlMessage, DeadCopy, Delivery, EventFeed, LossDetection, MAX_TASKS_PER_MESSAGE,
-    OpenSession, QueueDepths, QueueEvent, Receipt, Settle, TaskQueue,
+    ConsumerSpec, ControlMessage, DeadCopy, Delivery, EventFeed, LossDetection,
+    MAX_TASKS_PER_MESSAGE, OpenSession, QueueDepths, QueueEvent, Receipt, Settle, TaskQueue,
 };
 use crate::Result;
 use crate::domain::TaskEvent;

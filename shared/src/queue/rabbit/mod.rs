@@ -20,14 +20,14 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    ConsumerSpec, ControlMessage, DeadCopy, EventFeed, LossDetection, MAX_TASKS_PER_MESSAGE, OpenSession,
-    QueueDepths, Settle, TaskQueue,
+    ConsumerSpec, ControlMessage, DeadCopy, EventFeed, LossDetection, MAX_TASKS_PER_MESSAGE,
+    OpenSession, QueueDepths, Settle, TaskQueue,
 };
 use crate::Result;
+use crate::config::BrokerConfig;
 use crate::domain::TaskEvent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use crate::config::BrokerConfig;
 
 /// Routing key of task messages on the tasks exchange.
 pub const TASK_ROUTING_KEY: &str = "task";
@@ -93,9 +93,7 @@ impl RabbitQueue {
         Ok(Self {
             publisher: Publisher::new(config, connection_name)?,
             consumer_url: with_heartbeat(config.url()?, heartbeat_secs),
-            name: connection_name
-                .trim_end_matches("/publish")
-                .to_owned(),
+            name: connection_name.trim_end_matches("/publish").to_owned(),
         })
     }
 
