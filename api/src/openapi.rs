@@ -206,7 +206,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(protected, 14, "protected operations");
+        assert_eq!(protected, 15, "protected operations");
         for path in ["/tasks/{id}", "/tasks/{id}/cancel", "/tasks/{id}/retry"] {
             let op = operations
                 .iter()

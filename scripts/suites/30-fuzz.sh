@@ -38,12 +38,16 @@ fuzz_engine() { # engine; returns non-zero on any finding
   local status=0
   # Run inside the scratch directory: Schemathesis and Hypothesis keep state in the working directory.
   # The hooks adjust generated requests to the two rules JSON Schema cannot state (see the file).
+  # GET /events answers a stream that never ends (server-sent events): a valid request would hold
+  # each case until --request-timeout and its body is not one JSON document, so the route is left
+  # out; tests/integration/events.rs covers its answers (200 stream, 401, 404, 422, 503).
   (cd "$work" && SCHEMATHESIS_HOOKS="$repo/scripts/fuzz/hooks.py" \
   timeout --signal=INT --kill-after=10 "${BGAGENT_FUZZ_TIMEOUT:-300}" \
   "$venv/bin/schemathesis" --config-file "$repo/scripts/fuzz/schemathesis.toml" run openapi.json \
     --url "$url" \
     --header "x-api-key: $key" \
     --checks all \
+    --exclude-path /events \
     --exclude-checks object_level_authorization \
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "${BGAGENT_FUZZ_EXAMPLES:-100}" \

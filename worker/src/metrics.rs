@@ -48,6 +48,8 @@ pub struct WorkerMetrics {
     pub gave_up: IntCounterVec,
     /// Rows the pruner deleted, by kind (`tasks`, `attempts`, `workers`).
     pub pruned: IntCounterVec,
+    /// Task events this process dropped (buffer full, queue unreachable), caught up at render.
+    pub events_dropped: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -135,6 +137,12 @@ impl WorkerMetrics {
             pruned.with_label_values(&[kind]);
         }
         registry.register(Box::new(pruned.clone()))?;
+        let events_dropped = IntCounter::new(
+            "bgagent_events_dropped_total",
+            "Task status events this process dropped instead of publishing (buffer full or queue \
+             unreachable); clients resuming a stream are told to re-read",
+        )?;
+        registry.register(Box::new(events_dropped.clone()))?;
         Ok(Self {
             registry,
             agents,
@@ -150,6 +158,7 @@ impl WorkerMetrics {
             gave_up,
             republished,
             pruned,
+            events_dropped,
         })
     }
 
@@ -160,6 +169,11 @@ impl WorkerMetrics {
 
     /// Text exposition.
     pub fn render(&self) -> String {
+        let dropped = bgagent_shared::events::dropped_total();
+        let counted = self.events_dropped.get();
+        if dropped > counted {
+            self.events_dropped.inc_by(dropped - counted);
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "cannot encode metrics");

@@ -50,6 +50,7 @@ pub struct EventsQuery {
     responses(
         (status = 200, description = "A stream of `task` events (and `reset`)",
             content_type = "text/event-stream", body = bgagent_types::TaskEvent),
+        (status = 400, description = "The query string cannot be read", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorBody),
         (status = 404, description = "No task `task_id`", body = crate::error::ErrorBody),
         (status = 422, description = "Invalid task_id or agent", body = crate::error::ErrorBody),
