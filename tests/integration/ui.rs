@@ -205,7 +205,23 @@ both_engines! {
         let rows = visitor.get("/ui/tasks/rows").await;
         assert!(rows.body.contains(&format!("data-task-id=\"{id}\"")));
         assert!(visitor.get("/ui/overview/live").await.body.contains("fleet-state"));
-        assert!(visitor.get(&format!("/ui/tasks/{id}/live")).await.body.contains("task-status"));
+        let live = visitor.get(&format!("/ui/tasks/{id}/live")).await;
+        assert!(live.body.contains("task-status"));
+        // The fragment names the version it shows; asked again with it, nothing changed: 204, so
+        // htmx swaps nothing (a button being clicked stays in place).
+        let seen = live
+            .body
+            .split("live?seen=")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the live fragment names the version it shows")
+            .to_owned();
+        let again = visitor.get(&format!("/ui/tasks/{id}/live?seen={seen}")).await;
+        assert_eq!(again.status, StatusCode::NO_CONTENT);
+        let older = visitor
+            .get(&format!("/ui/tasks/{id}/live?seen=2000-01-01T00:00:00.000000Z"))
+            .await;
+        assert!(older.body.contains("task-status"));
 
         // Find by id and by idempotency key; an unknown one says so.
         for q in [id.to_string(), "ui-key-1".to_owned()] {

@@ -428,10 +428,7 @@ pub async fn task(
     let body = html! {
         h1 { "Task " span.mono { (task.id) } }
         div #task-events hx-ext="sse" sse-connect={ "/events?task_id=" (task.id) } {
-            div #task-live hx-get={ "/ui/tasks/" (task.id) "/live" }
-                hx-trigger="sse:task, sse:reset" hx-swap="innerHTML" aria-live="polite" {
-                (content)
-            }
+            (task_live_region(&task, content))
         }
     };
     Ok(layout::page(
@@ -448,11 +445,37 @@ pub async fn task_live(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
-) -> UiResult<Html<String>> {
+    Query(seen): Query<Seen>,
+) -> UiResult<Response> {
     let task = load_task(&state, &id).await?;
-    Ok(Html(
-        task_content(&state, &session, &task).await?.into_string(),
-    ))
+    // The stream opens with the task's current state, and other events may change nothing shown:
+    // answering 204 (htmx then swaps nothing) keeps the page, and a button being clicked, in place.
+    if seen.seen.as_deref() == Some(seen_stamp(&task).as_str()) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let content = task_content(&state, &session, &task).await?;
+    Ok(Html(task_live_region(&task, content).into_string()).into_response())
+}
+
+/// `?seen=` of a task's live fragment: the `updated_at` the page shows.
+#[derive(Debug, Deserialize)]
+pub struct Seen {
+    seen: Option<String>,
+}
+
+fn seen_stamp(task: &Task) -> String {
+    task.updated_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The part of a task's page its events refresh, replaced whole, with the version it shows.
+fn task_live_region(task: &Task, content: Markup) -> Markup {
+    html! {
+        div #task-live hx-get={ "/ui/tasks/" (task.id) "/live?seen=" (seen_stamp(task)) }
+            hx-trigger="sse:task, sse:reset" hx-swap="outerHTML" aria-live="polite" {
+            (content)
+        }
+    }
 }
 
 /// Milliseconds as fractional seconds (precise well past any age shown).
