@@ -189,7 +189,9 @@ async fn prefilled_lists(
         .retry(RetryPolicy::none())
         .timeout(Duration::from_secs(30))
         .build()?;
-    Ok((fill_seconds, super::bench_lists::measure(&client).await?))
+    let mut figures = super::bench_lists::measure(&client).await?;
+    figures.extend(super::bench_pages::measure(&system.url, api_key).await?);
+    Ok((fill_seconds, figures))
 }
 
 async fn measure(

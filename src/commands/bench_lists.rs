@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// Timed runs of each page; the median is reported.
-const RUNS: usize = 7;
+pub const RUNS: usize = 7;
 
 /// The median time of one list's first page.
 #[derive(Debug, Serialize)]
@@ -138,7 +138,7 @@ where
     Ok((rows, times))
 }
 
-fn figure(query: String, rows: usize, mut times: Vec<Duration>) -> ListFigure {
+pub fn figure(query: String, rows: usize, mut times: Vec<Duration>) -> ListFigure {
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     ListFigure {

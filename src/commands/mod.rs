@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod bench;
 mod bench_lists;
+mod bench_pages;
 mod bench_spawn;
 pub mod completions;
 pub mod control;
